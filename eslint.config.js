@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'coverage/', '.tap/', 'node_modules/', 'models/'] },
+  { ignores: ['dist/', 'coverage/', '.tap/', 'node_modules/', 'models/', '.cache/', '.tmp*/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

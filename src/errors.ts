@@ -11,10 +11,8 @@
 export const ERROR_CATALOG = {
   INVALID_REQUEST: { status: 400, message: 'the request is malformed' },
   INVALID_PARAMETER: { status: 400, message: 'a query parameter is invalid' },
-  UNAUTHORIZED: { status: 401, message: 'authentication is required' },
   MODEL_NOT_FOUND: { status: 404, message: 'no model with that name is served' },
   NOT_FOUND: { status: 404, message: 'no such route' },
-  METHOD_NOT_ALLOWED: { status: 405, message: 'method not allowed on this route' },
   BODY_TOO_LARGE: { status: 413, message: 'the request body is larger than the limit' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'the body is not an image format this server accepts' },
   IMAGE_DECODE_FAILED: { status: 422, message: 'the image could not be decoded' },

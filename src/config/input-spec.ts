@@ -59,6 +59,14 @@ export const InputSpecSchema = z.strictObject({
   mean: Triple.default([0, 0, 0]),
   std: Triple.default([1, 1, 1]).refine((s) => s.every((v) => v !== 0), 'std must not contain 0'),
   dtype: z.enum(['float32']).default('float32'),
+}).superRefine((spec, ctx) => {
+  if (spec.resize.mode === 'shorter-side-center-crop' && spec.resize.shorterSide < Math.max(spec.width, spec.height)) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['resize', 'shorterSide'],
+      message: `must be at least the crop size (${Math.max(spec.width, spec.height)})`,
+    });
+  }
 });
 
 export type ResizeKernel = z.infer<typeof ResizeKernelSchema>;

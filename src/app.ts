@@ -1,0 +1,115 @@
+import { randomUUID } from 'node:crypto';
+import cors from '@fastify/cors';
+import multipart from '@fastify/multipart';
+import swagger from '@fastify/swagger';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
+import type { Logger } from 'pino';
+import type { Config } from './config/config.js';
+import type { LoadedManifest } from './config/manifest.js';
+import { ModelRegistry } from './core/registry.js';
+import { registerErrorHandling } from './plugins/errors.js';
+import { Metrics } from './plugins/metrics.js';
+import { registerHealthRoutes } from './routes/health.js';
+import { registerMetricsRoute } from './routes/metrics.js';
+import { registerModelRoutes } from './routes/models.js';
+import { registerPredictRoute } from './routes/predict.js';
+
+/**
+ * Builds the Fastify app; never listens (main.ts does). The app owns the model registry and the metrics: models
+ * are loaded by `app.ocular.models.loadAll()` (main calls it after listening, so liveness answers meanwhile), and
+ * closing the app drains and releases every model.
+ */
+
+export interface Ocular {
+  models: ModelRegistry;
+  metrics: Metrics;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    ocular: Ocular;
+  }
+}
+
+export interface BuildOptions {
+  config: Config;
+  manifest: LoadedManifest;
+  logger: Logger;
+  /** A fatal device error at run time; main exits non-zero. */
+  onFatal?: (err: Error) => void;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export async function buildApp({ config, manifest, logger, onFatal }: BuildOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: logger,
+    bodyLimit: config.bodyLimitBytes,
+    requestIdHeader: false,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    // Slow clients must not hold a connection for ever: whole request (headers and body) within this time.
+    requestTimeout: 60_000,
+    connectionTimeout: 0,
+    keepAliveTimeout: 65_000,
+    return503OnClosing: true,
+  }) as unknown as FastifyInstance;
+
+  const metrics = new Metrics();
+  const models = new ModelRegistry({ manifest, config, logger, telemetry: metrics, onFatal });
+  metrics.attach(models);
+  app.decorate('ocular', { models, metrics });
+  app.addHook('onClose', async () => {
+    await models.close();
+  });
+
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  registerErrorHandling(app);
+
+  app.addHook('onSend', async (request, reply) => {
+    void reply.header('x-request-id', request.id);
+  });
+
+  // Bodies: images as raw bytes (the format is sniffed from the bytes later, never trusted from the header),
+  // and multipart. Everything else is 415.
+  app.removeAllContentTypeParsers();
+  for (const type of [/^image\/[a-z0-9.+-]+$/i, 'application/octet-stream']) {
+    app.addContentTypeParser(type, { parseAs: 'buffer', bodyLimit: config.bodyLimitBytes }, (_request, body, done) =>
+      done(null, body),
+    );
+  }
+  await app.register(multipart, {
+    limits: {
+      fileSize: config.bodyLimitBytes,
+      files: config.maxFiles,
+      fields: 32,
+      fieldSize: 64 * 1024,
+      parts: config.maxFiles + 32,
+      headerPairs: 64,
+    },
+    throwFileSizeLimit: true,
+  });
+
+  if (config.corsOrigins.length > 0) {
+    await app.register(cors, { origin: config.corsOrigins, exposedHeaders: ['server-timing', 'x-request-id', 'retry-after'] });
+  }
+
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'Ocular', description: 'Inference server for computer-vision ONNX models', version: '0.1.0' },
+    },
+    transform: jsonSchemaTransform,
+  });
+
+  registerHealthRoutes(app, models);
+  registerMetricsRoute(app, metrics);
+  registerModelRoutes(app, models);
+  registerPredictRoute(app, { models, metrics, maxFiles: config.maxFiles, bodyLimitBytes: config.bodyLimitBytes });
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  return app;
+}

@@ -1,0 +1,226 @@
+import { availableParallelism } from 'node:os';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+
+/**
+ * The only reader of process.env and argv. Everything the server can be told is one entry of OPTIONS: its
+ * environment variable, its CLI flag, its schema (with default and unit), and its help line. The config is parsed
+ * once at startup; a bad value stops startup with a message naming the variable or flag.
+ */
+
+const ProviderSchema = z.enum(['tensorrt', 'cuda', 'webgpu', 'cpu']);
+const ImageFormatSchema = z.enum(['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif']);
+
+const positiveInt = (max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().positive().max(max);
+const nonNegativeInt = () => z.coerce.number().int().min(0);
+
+/** A comma-separated list, trimmed, empty entries dropped. */
+function list<T extends z.ZodType>(item: T) {
+  return z.preprocess(
+    (v) =>
+      typeof v === 'string'
+        ? v
+            .split(',')
+            .map((s) => s.trim())
+            .filter((s) => s.length > 0)
+        : v,
+    z.array(item),
+  );
+}
+
+interface OptionDef {
+  env: string;
+  flag: string;
+  help: string;
+  schema: z.ZodType;
+}
+
+const OPTIONS = {
+  manifest: {
+    env: 'OCULAR_MANIFEST',
+    flag: 'manifest',
+    help: 'path of the model manifest (JSON)',
+    schema: z.string().min(1).default('./models.manifest.json'),
+  },
+  host: { env: 'HOST', flag: 'host', help: 'address to listen on', schema: z.string().min(1).default('0.0.0.0') },
+  port: { env: 'PORT', flag: 'port', help: 'TCP port (0 = any free port)', schema: nonNegativeInt().max(65535).default(8080) },
+  device: {
+    env: 'OCULAR_DEVICE',
+    flag: 'device',
+    help: 'auto (CUDA, falling back to CPU with a warning), cuda (CUDA or fail) or cpu',
+    schema: z.enum(['auto', 'cuda', 'cpu']).default('auto'),
+  },
+  providers: {
+    env: 'OCULAR_PROVIDERS',
+    flag: 'providers',
+    help: 'experts: ordered execution providers from tensorrt,cuda,webgpu,cpu, or auto (= cuda,cpu); overrides --device',
+    schema: z.union([z.literal('auto'), list(ProviderSchema).pipe(z.array(ProviderSchema).min(1))]).optional(),
+  },
+  gpuDeviceId: {
+    env: 'OCULAR_GPU_DEVICE_ID',
+    flag: 'gpu-device-id',
+    help: 'CUDA device ordinal',
+    schema: nonNegativeInt().default(0),
+  },
+  cacheDir: {
+    env: 'OCULAR_CACHE_DIR',
+    flag: 'cache-dir',
+    help: 'where models fetched by URL are cached (by sha256)',
+    schema: z.string().min(1).default('./.cache/models'),
+  },
+  logLevel: {
+    env: 'OCULAR_LOG_LEVEL',
+    flag: 'log-level',
+    help: 'fatal, error, warn, info, debug, trace or silent',
+    schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  },
+  bodyLimitBytes: {
+    env: 'OCULAR_BODY_LIMIT_BYTES',
+    flag: 'body-limit-bytes',
+    help: 'largest request body (one image, or a whole multipart request)',
+    schema: positiveInt().default(20 * 1024 * 1024),
+  },
+  maxInputPixels: {
+    env: 'OCULAR_MAX_INPUT_PIXELS',
+    flag: 'max-input-pixels',
+    help: 'largest width x height of an input image, checked before decoding',
+    schema: positiveInt().default(40_000_000),
+  },
+  maxFiles: {
+    env: 'OCULAR_MAX_FILES',
+    flag: 'max-files',
+    help: 'most images in one multipart request',
+    schema: positiveInt(1024).default(16),
+  },
+  imageFormats: {
+    env: 'OCULAR_IMAGE_FORMATS',
+    flag: 'image-formats',
+    help: 'accepted image formats from jpeg,png,webp,gif,tiff,avif (SVG is never decoded)',
+    schema: list(ImageFormatSchema).pipe(z.array(ImageFormatSchema).min(1)).default(['jpeg', 'png', 'webp']),
+  },
+  shutdownGraceMs: {
+    env: 'OCULAR_SHUTDOWN_GRACE_MS',
+    flag: 'shutdown-grace-ms',
+    help: 'on SIGTERM/SIGINT, how long accepted work may take to finish before the process exits',
+    schema: positiveInt().default(25_000),
+  },
+  requestTimeoutMs: {
+    env: 'OCULAR_REQUEST_TIMEOUT_MS',
+    flag: 'request-timeout-ms',
+    help: 'default time a request may wait in a model queue before 503 QUEUE_TIMEOUT (a model may set its own)',
+    schema: positiveInt().default(10_000),
+  },
+  intraOpThreads: {
+    env: 'OCULAR_INTRA_OP_THREADS',
+    flag: 'intra-op-threads',
+    help: 'onnxruntime intra-op threads per session (0 = number of cores)',
+    schema: nonNegativeInt().default(0),
+  },
+  corsOrigins: {
+    env: 'OCULAR_CORS_ORIGINS',
+    flag: 'cors-origins',
+    help: 'comma-separated origins allowed by CORS (empty: CORS off)',
+    schema: list(z.string().min(1)).default([]),
+  },
+  sharedDir: {
+    env: 'OCULAR_SHARED_DIR',
+    flag: 'shared-dir',
+    help: 'tests and benchmarks only: where the shared models and photos are',
+    schema: z.string().min(1).default('../shared'),
+  },
+} as const satisfies Record<string, OptionDef>;
+
+type OptionKey = keyof typeof OPTIONS;
+
+export type Config = { [K in OptionKey]: z.output<(typeof OPTIONS)[K]['schema']> };
+
+/** Environment variables that are read but are not options (they belong to Node, npm or the test harness). */
+const KNOWN_EXTRA_ENV = new Set(['OCULAR_REQUIRE_SHARED']);
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface ParsedConfig {
+  config: Config;
+  warnings: string[];
+  help: boolean;
+}
+
+/**
+ * Parses env and argv into a Config. CLI flags win over environment variables. Throws ConfigError naming every
+ * bad variable or flag; unknown OCULAR_* variables are warnings (Kubernetes injects OCULAR_PORT and the like
+ * for a Service named `ocular`).
+ */
+export function parseConfig(env: Readonly<Record<string, string | undefined>>, argv: readonly string[] = []): ParsedConfig {
+  const flagOptions: Record<string, { type: 'string' | 'boolean' }> = { help: { type: 'boolean' } };
+  for (const def of Object.values(OPTIONS)) flagOptions[def.flag] = { type: 'string' };
+  let flags: Record<string, string | boolean | undefined>;
+  try {
+    flags = parseArgs({ args: [...argv], options: flagOptions, strict: true, allowPositionals: false }).values as Record<
+      string,
+      string | boolean | undefined
+    >;
+  } catch (err) {
+    throw new ConfigError([(err as Error).message]);
+  }
+
+  const problems: string[] = [];
+  const out: Record<string, unknown> = {};
+  for (const [key, def] of Object.entries(OPTIONS) as [OptionKey, OptionDef][]) {
+    const fromFlag = flags[def.flag];
+    const raw = typeof fromFlag === 'string' ? fromFlag : env[def.env];
+    const origin = typeof fromFlag === 'string' ? `--${def.flag}` : def.env;
+    const parsed = def.schema.safeParse(raw === '' ? undefined : raw);
+    if (parsed.success) out[key] = parsed.data;
+    else problems.push(`${origin}=${JSON.stringify(raw)}: ${parsed.error.issues.map((i) => i.message).join('; ')}`);
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  const known = new Set<string>([...Object.values(OPTIONS).map((d) => d.env), ...KNOWN_EXTRA_ENV]);
+  const warnings = Object.keys(env)
+    .filter((name) => name.startsWith('OCULAR_') && !known.has(name))
+    .sort()
+    .map((name) => `unknown environment variable ${name} ignored`);
+
+  return { config: out as Config, warnings, help: flags['help'] === true };
+}
+
+/** Resolved onnxruntime intra-op thread count. */
+export function intraOpThreadsOf(config: Pick<Config, 'intraOpThreads'>): number {
+  return config.intraOpThreads > 0 ? config.intraOpThreads : availableParallelism();
+}
+
+export function helpText(): string {
+  const rows = Object.values(OPTIONS as Record<string, OptionDef>).map((d) => {
+    const dflt = d.schema.safeParse(undefined);
+    const shown = dflt.success && dflt.data !== undefined ? ` (default: ${formatDefault(dflt.data)})` : '';
+    return `  --${d.flag.padEnd(20)} ${d.env.padEnd(26)} ${d.help}${shown}`;
+  });
+  return [
+    'Usage: ocular [options]',
+    '',
+    'Every option can be given as a flag or as an environment variable; flags win.',
+    '',
+    '  flag                   variable                   meaning',
+    ...rows,
+    '  --help                                            print this help and exit',
+    '',
+  ].join('\n');
+}
+
+function formatDefault(v: unknown): string {
+  if (Array.isArray(v)) return v.length === 0 ? 'none' : v.join(',');
+  return String(v);
+}
+
+/** Rows for the README's configuration table: [variable, flag, default, meaning]. */
+export function optionTable(): [string, string, string, string][] {
+  return Object.values(OPTIONS as Record<string, OptionDef>).map((d) => {
+    const dflt = d.schema.safeParse(undefined);
+    return [d.env, `--${d.flag}`, dflt.success && dflt.data !== undefined ? formatDefault(dflt.data) : '', d.help];
+  });
+}

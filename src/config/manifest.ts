@@ -1,0 +1,216 @@
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { z } from 'zod';
+import { InputSpecSchema } from './input-spec.js';
+
+/**
+ * The model manifest: which models to serve and everything about them that is data, not code. Validated by zod
+ * here; checked against each model's own input/output metadata after loading (core/model-check.ts).
+ * Paths (model sources, label files) are absolute or relative to the manifest's folder: the mounted-volume case.
+ */
+
+const ProviderSchema = z.enum(['tensorrt', 'cuda', 'webgpu', 'cpu']);
+const NameSchema = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'must be 1-63 of a-z 0-9 . _ - starting with a letter or digit');
+const Sha256Schema = z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits');
+
+/**
+ * Where a model file comes from: a path (absolute or relative to the manifest) or an https:// URL, which is
+ * downloaded once into the cache dir and must carry a sha256.
+ */
+const SourceSchema = z
+  .string()
+  .min(1)
+  .refine((s) => !/^[a-z][a-z0-9+.-]*:\/\//i.test(s) || s.startsWith('https://'), {
+    message: 'a URL source must be https://',
+  });
+
+export const BatchingSchema = z.strictObject({
+  /** Largest batch. Models whose batch dimension is fixed at 1 run one request at a time whatever this says. */
+  maxBatchSize: z.number().int().min(1).max(1024).default(8),
+  /** 0: work-conserving, an idle runner takes whatever is queued. >0: wait up to this long for a fuller batch. */
+  maxQueueDelayMs: z.number().min(0).max(60_000).default(0),
+  /** Requests waiting (not running) past which new ones get 503 QUEUE_FULL. */
+  maxQueueSize: z.number().int().min(1).max(1_000_000).default(64),
+  /** Time a request may wait in the queue before 503 QUEUE_TIMEOUT; default: OCULAR_REQUEST_TIMEOUT_MS. */
+  timeoutMs: z.number().int().positive().optional(),
+});
+
+/** One ONNX session: a model file, how images become its input, and how it is batched and placed. */
+const StageFields = {
+  source: SourceSchema,
+  sha256: Sha256Schema.optional(),
+  /** Cap on a URL download, bytes. */
+  maxDownloadBytes: z
+    .number()
+    .int()
+    .positive()
+    .default(2 * 1024 ** 3),
+  input: InputSpecSchema,
+  batching: BatchingSchema.default(BatchingSchema.parse({})),
+  /** Worker threads, one session each. */
+  instances: z.number().int().min(1).max(64).default(1),
+  /** Execution providers for this model, overriding the server's. */
+  providers: z.array(ProviderSchema).min(1).optional(),
+};
+
+const ClassificationSchema = z.strictObject({
+  name: NameSchema,
+  version: z.string().min(1).max(64).default('1'),
+  task: z.literal('image-classification'),
+  ...StageFields,
+  labels: z.string().min(1),
+  /** Output tensor to read; default: the model's only output. */
+  output: z.string().min(1).optional(),
+  options: z
+    .strictObject({
+      topK: z.number().int().min(1).max(1000).default(5),
+      /** auto: softmax when the output is not already a probability distribution (logits). */
+      softmax: z.enum(['auto', 'always', 'never']).default('auto'),
+    })
+    .default({ topK: 5, softmax: 'auto' }),
+});
+
+const DetectionOptionsSchema = z.strictObject({
+  scoreThreshold: z.number().min(0).max(1).default(0.3),
+  iouThreshold: z.number().min(0).max(1).default(0.45),
+  maxDetections: z.number().int().min(1).max(10_000).default(100),
+  classAgnostic: z.boolean().default(false),
+});
+
+const DetectionSchema = z.strictObject({
+  name: NameSchema,
+  version: z.string().min(1).max(64).default('1'),
+  task: z.literal('object-detection'),
+  ...StageFields,
+  labels: z.string().min(1),
+  head: z.discriminatedUnion('type', [
+    /** YOLOX raw head: [N, anchors, 5 + classes], obj and cls sigmoid-ed, grids of `strides`. */
+    z.strictObject({
+      type: z.literal('yolox'),
+      output: z.string().min(1).optional(),
+      strides: z.array(z.number().int().positive()).min(1).default([8, 16, 32]),
+    }),
+    /** SSD-style: scores [N, anchors, classes] (softmax-ed) and boxes [N, anchors, 4] x1y1x2y2 normalised 0..1. */
+    z.strictObject({
+      type: z.literal('ssd'),
+      scoresOutput: z.string().min(1).default('scores'),
+      boxesOutput: z.string().min(1).default('boxes'),
+    }),
+  ]),
+  options: DetectionOptionsSchema.default(DetectionOptionsSchema.parse({})),
+});
+
+const OcrOptionsSchema = z.strictObject({
+  binaryThreshold: z.number().min(0).max(1).default(0.3),
+  boxThreshold: z.number().min(0).max(1).default(0.6),
+  unclipRatio: z.number().positive().max(10).default(1.5),
+  maxCandidates: z.number().int().min(1).max(10_000).default(1000),
+  /** Lines whose recognition score is below this are left out. */
+  minTextScore: z.number().min(0).max(1).default(0.5),
+});
+
+const OcrSchema = z.strictObject({
+  name: NameSchema,
+  version: z.string().min(1).max(64).default('1'),
+  task: z.literal('ocr'),
+  /** Text detector (DB probability map); input.resize is normally limit-round32, width/height its warm-up size. */
+  detector: z.strictObject({ ...StageFields }),
+  /**
+   * Line recogniser (CTC). input.height is the line height (48); input.width is the widest crop, in pixels:
+   * wider lines are squeezed to it. Crops in one batch are padded to the batch's widest.
+   */
+  recognizer: z.strictObject({ ...StageFields, labels: z.string().min(1) }),
+  options: OcrOptionsSchema.default(OcrOptionsSchema.parse({})),
+});
+
+export const ModelEntrySchema = z.discriminatedUnion('task', [ClassificationSchema, DetectionSchema, OcrSchema]);
+
+export const ManifestSchema = z
+  .strictObject({
+    $schema: z.string().optional(),
+    models: z.array(ModelEntrySchema).min(1, 'the manifest lists no model'),
+  })
+  .superRefine((m, ctx) => {
+    const seen = new Set<string>();
+    m.models.forEach((model, i) => {
+      if (seen.has(model.name)) {
+        ctx.addIssue({ code: 'custom', path: ['models', i, 'name'], message: `duplicate model name "${model.name}"` });
+      }
+      seen.add(model.name);
+      const stages = model.task === 'ocr' ? { detector: model.detector, recognizer: model.recognizer } : { '': model };
+      for (const [key, stage] of Object.entries(stages)) {
+        if (stage.source.startsWith('https://') && stage.sha256 === undefined) {
+          const path = key === '' ? ['models', i, 'sha256'] : ['models', i, key, 'sha256'];
+          ctx.addIssue({ code: 'custom', path, message: 'a URL source must carry a sha256' });
+        }
+      }
+    });
+  });
+
+export type Manifest = z.infer<typeof ManifestSchema>;
+export type ModelEntry = z.infer<typeof ModelEntrySchema>;
+export type ClassificationEntry = z.infer<typeof ClassificationSchema>;
+export type DetectionEntry = z.infer<typeof DetectionSchema>;
+export type OcrEntry = z.infer<typeof OcrSchema>;
+export type Batching = z.infer<typeof BatchingSchema>;
+export type StageEntry = Pick<
+  ClassificationEntry,
+  'source' | 'sha256' | 'maxDownloadBytes' | 'input' | 'batching' | 'instances' | 'providers'
+>;
+export type Task = ModelEntry['task'];
+
+export class ManifestError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ManifestError';
+  }
+}
+
+/** Formats zod issues as `models[1].input.width: expected number`, one per line. */
+export function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
+  return issues.map((i) => {
+    const path = i.path
+      .map((p, n) => (typeof p === 'number' ? `[${p}]` : n === 0 ? String(p) : `.${String(p)}`))
+      .join('');
+    return `${path || '(root)'}: ${i.message}`;
+  });
+}
+
+export function parseManifest(json: unknown, origin = 'manifest'): Manifest {
+  const parsed = ManifestSchema.safeParse(json);
+  if (!parsed.success) {
+    throw new ManifestError(`${origin} is invalid:\n  ${formatIssues(parsed.error.issues).join('\n  ')}`);
+  }
+  return parsed.data;
+}
+
+export interface LoadedManifest {
+  manifest: Manifest;
+  /** Folder that relative paths in the manifest are resolved against. */
+  baseDir: string;
+  path: string;
+}
+
+export async function loadManifest(path: string): Promise<LoadedManifest> {
+  const abs = resolve(path);
+  let text: string;
+  try {
+    text = await readFile(abs, 'utf8');
+  } catch (err) {
+    throw new ManifestError(`cannot read manifest ${abs}: ${(err as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new ManifestError(`manifest ${abs} is not valid JSON: ${(err as Error).message}`);
+  }
+  return { manifest: parseManifest(json, `manifest ${abs}`), baseDir: dirname(abs), path: abs };
+}
+
+/** JSON Schema of the manifest (input side: defaults are optional), for editors. */
+export function manifestJsonSchema(): unknown {
+  return z.toJSONSchema(ManifestSchema, { io: 'input', unrepresentable: 'any' });
+}

@@ -1,0 +1,167 @@
+/**
+ * Execution-provider choice and fallback.
+ *
+ * onnxruntime-node has no automatic fallback: asking for a provider whose shared library is missing makes
+ * `InferenceSession.create` throw (e.g. "OrtSessionOptionsAppendExecutionProvider_Cuda: Failed to load shared
+ * library"). So each GPU provider is tried on its own (plus 'cpu' for the nodes it does not support), which makes
+ * a provider that cannot register fail at create time, and the next one, or CPU, is tried only where allowed.
+ *
+ * Runs on whichever thread creates sessions (the runner's worker threads).
+ */
+import type { Env, InferenceSession } from 'onnxruntime-common';
+import type { ProviderName } from '../types.js';
+
+/** What the operator asks for: `auto` prefers CUDA and falls back to CPU; `cuda` makes a CUDA failure fatal. */
+export type DeviceMode = 'auto' | 'cuda' | 'cpu';
+
+export interface ProviderPlan {
+  /** Providers in order of preference; 'cpu', where present, is last. */
+  providers: ProviderName[];
+  /** Whether a CPU session may replace GPU providers that fail to register. */
+  fallbackToCpu: boolean;
+}
+
+/**
+ * The providers to try for a device mode. An explicit (expert) list, e.g. ['tensorrt', 'cuda', 'cpu'], is used as
+ * given; a trailing 'cpu' in it is the fallback, and without one a GPU failure is fatal.
+ */
+export function resolveProviders(device: DeviceMode, explicit?: readonly ProviderName[]): ProviderPlan {
+  if (explicit !== undefined && explicit.length > 0) {
+    return { providers: [...explicit], fallbackToCpu: explicit[explicit.length - 1] === 'cpu' };
+  }
+  switch (device) {
+    case 'auto':
+      return { providers: ['cuda', 'cpu'], fallbackToCpu: true };
+    case 'cuda':
+      return { providers: ['cuda'], fallbackToCpu: false };
+    case 'cpu':
+      return { providers: ['cpu'], fallbackToCpu: false };
+  }
+}
+
+/**
+ * The part of the onnxruntime-node module this file uses; the module itself satisfies it, and tests pass a wrapper
+ * to see the options each `create` receives.
+ */
+export interface OrtApi {
+  InferenceSession: {
+    create(path: string, options?: InferenceSession.SessionOptions): Promise<InferenceSession>;
+  };
+  env: Pick<Env, 'logLevel'>;
+}
+
+export type LogSeverityLevel = 0 | 1 | 2 | 3 | 4;
+
+export interface CreateSessionOptions {
+  providers: readonly ProviderName[];
+  fallbackToCpu: boolean;
+  gpuDeviceId?: number;
+  intraOpNumThreads?: number;
+  interOpNumThreads?: number;
+  graphOptimizationLevel?: InferenceSession.SessionOptions['graphOptimizationLevel'];
+  enableProfiling?: boolean;
+  profileFilePrefix?: string;
+  /** onnxruntime's native log threshold; default 4 (fatal only) so native stderr stays quiet. */
+  logSeverityLevel?: LogSeverityLevel;
+}
+
+export interface ProviderFailure {
+  provider: ProviderName;
+  /** onnxruntime's own error text. */
+  message: string;
+}
+
+export interface CreatedSession {
+  session: InferenceSession;
+  /** The provider the session was created for ('cpu' after a fallback). */
+  provider: ProviderName;
+  /** Set when a requested GPU provider failed and another one (or CPU) took its place: onnxruntime's error text. */
+  fallbackReason?: string;
+  /** Every provider that failed to create a session, in the order tried. */
+  failures: ProviderFailure[];
+}
+
+const LOG_LEVEL_NAMES = ['verbose', 'info', 'warning', 'error', 'fatal'] as const;
+
+function providerConfig(provider: ProviderName, gpuDeviceId: number): InferenceSession.ExecutionProviderConfig {
+  switch (provider) {
+    case 'cuda':
+      return { name: 'cuda', deviceId: gpuDeviceId };
+    case 'tensorrt':
+      return { name: 'tensorrt', deviceId: gpuDeviceId };
+    case 'webgpu':
+      return { name: 'webgpu' };
+    case 'cpu':
+      return { name: 'cpu' };
+  }
+}
+
+function messageOf(err: unknown): string {
+  return (err instanceof Error ? err.message : String(err)).trim();
+}
+
+function describeFailures(failures: readonly ProviderFailure[]): string {
+  return failures.map((f) => `${f.provider}: ${f.message}`).join('; ');
+}
+
+/**
+ * Creates a session on the first requested provider that registers. GPU providers are tried in order, each as
+ * [provider, 'cpu']; 'cpu' alone is tried only when no GPU provider was requested or `fallbackToCpu` allows it, so
+ * a 'cpu' plan never touches a GPU provider. Throws an Error whose message carries onnxruntime's text when nothing
+ * could be created.
+ */
+export async function createSessionWithFallback(
+  ort: OrtApi,
+  modelPath: string,
+  opts: CreateSessionOptions,
+): Promise<CreatedSession> {
+  const logSeverityLevel = opts.logSeverityLevel ?? 4;
+  // env.logLevel is read once per thread, by the first create; set it before that so the native default logger
+  // (which prints provider-load failures to stderr) is as quiet as the sessions.
+  ort.env.logLevel = LOG_LEVEL_NAMES[logSeverityLevel];
+
+  const base: InferenceSession.SessionOptions = {
+    logSeverityLevel,
+    ...(opts.intraOpNumThreads !== undefined && { intraOpNumThreads: opts.intraOpNumThreads }),
+    ...(opts.interOpNumThreads !== undefined && { interOpNumThreads: opts.interOpNumThreads }),
+    ...(opts.graphOptimizationLevel !== undefined && { graphOptimizationLevel: opts.graphOptimizationLevel }),
+    ...(opts.enableProfiling !== undefined && { enableProfiling: opts.enableProfiling }),
+    ...(opts.profileFilePrefix !== undefined && { profileFilePrefix: opts.profileFilePrefix }),
+  };
+  const gpuDeviceId = opts.gpuDeviceId ?? 0;
+  const gpuProviders = opts.providers.filter((p) => p !== 'cpu');
+  const failures: ProviderFailure[] = [];
+
+  let lastError: unknown;
+  for (const provider of gpuProviders) {
+    try {
+      const session = await ort.InferenceSession.create(modelPath, {
+        ...base,
+        executionProviders: [providerConfig(provider, gpuDeviceId), 'cpu'],
+      });
+      return failures.length > 0
+        ? { session, provider, fallbackReason: describeFailures(failures), failures }
+        : { session, provider, failures };
+    } catch (err) {
+      lastError = err;
+      failures.push({ provider, message: messageOf(err) });
+    }
+  }
+
+  const cpuAllowed = gpuProviders.length === 0 || opts.fallbackToCpu;
+  if (!cpuAllowed) {
+    throw new Error(`no requested execution provider could create a session: ${describeFailures(failures)}`, {
+      cause: lastError,
+    });
+  }
+  let session: InferenceSession;
+  try {
+    session = await ort.InferenceSession.create(modelPath, { ...base, executionProviders: ['cpu'] });
+  } catch (err) {
+    failures.push({ provider: 'cpu', message: messageOf(err) });
+    throw new Error(`session creation failed: ${describeFailures(failures)}`, { cause: err });
+  }
+  return failures.length > 0
+    ? { session, provider: 'cpu', fallbackReason: describeFailures(failures), failures }
+    : { session, provider: 'cpu', failures };
+}

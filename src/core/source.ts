@@ -1,0 +1,147 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { request } from 'node:https';
+import type { IncomingMessage } from 'node:http';
+import { isAbsolute, join, resolve } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Transform } from 'node:stream';
+
+/**
+ * Model sources: a path (absolute or relative to the manifest) or an https:// URL. A URL is downloaded once into
+ * the cache dir, streamed to a temporary file with a size cap, hashed on the way, and renamed into place only
+ * when its sha256 matches: a cache file named after its hash is therefore always complete and correct, and is
+ * reused with no network.
+ */
+
+export class SourceError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'SourceError';
+  }
+}
+
+export interface SourceOptions {
+  baseDir: string;
+  cacheDir: string;
+  sha256?: string | undefined;
+  maxBytes: number;
+  /** Extra CA certificates (PEM) to trust for downloads, e.g. a corporate proxy's. */
+  ca?: string | Buffer | undefined;
+  /** Abort a download that receives nothing for this long. */
+  stallTimeoutMs?: number;
+}
+
+export function isUrlSource(source: string): boolean {
+  return source.startsWith('https://');
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(path), hash);
+  return hash.digest('hex');
+}
+
+/** Resolves a source to a verified local file path. */
+export async function resolveSource(source: string, opts: SourceOptions): Promise<string> {
+  if (isUrlSource(source)) return fetchToCache(source, opts);
+  const path = isAbsolute(source) ? source : resolve(opts.baseDir, source);
+  try {
+    const s = await stat(path);
+    if (!s.isFile()) throw new SourceError(`model source ${path} is not a file`);
+  } catch (err) {
+    if (err instanceof SourceError) throw err;
+    throw new SourceError(`model file ${path} cannot be read: ${(err as Error).message}`, { cause: err });
+  }
+  if (opts.sha256 !== undefined) {
+    const actual = await sha256File(path);
+    if (actual !== opts.sha256) {
+      throw new SourceError(`model file ${path} has sha256 ${actual}, the manifest expects ${opts.sha256}`);
+    }
+  }
+  return path;
+}
+
+async function fetchToCache(url: string, opts: SourceOptions): Promise<string> {
+  if (opts.sha256 === undefined) throw new SourceError(`URL source ${url} has no sha256`);
+  const cacheDir = resolve(opts.cacheDir);
+  await mkdir(cacheDir, { recursive: true });
+  const finalPath = join(cacheDir, `${opts.sha256}.onnx`);
+  try {
+    if ((await sha256File(finalPath)) === opts.sha256) return finalPath;
+    // A file under a hash name that does not match can only be damage: replace it.
+    await rm(finalPath, { force: true });
+  } catch {
+    // not cached yet
+  }
+
+  const tmpPath = join(cacheDir, `.${opts.sha256}.${randomBytes(6).toString('hex')}.part`);
+  try {
+    const actual = await download(url, tmpPath, opts);
+    if (actual !== opts.sha256) {
+      throw new SourceError(`download of ${url} has sha256 ${actual}, the manifest expects ${opts.sha256}`);
+    }
+    await rename(tmpPath, finalPath);
+    return finalPath;
+  } finally {
+    await rm(tmpPath, { force: true });
+  }
+}
+
+/** Streams url into path, returning the sha256 of what was written. Follows up to 5 redirects (https only). */
+async function download(url: string, path: string, opts: SourceOptions, redirects = 0): Promise<string> {
+  const res = await get(url, opts);
+  const status = res.statusCode ?? 0;
+  if (status >= 300 && status < 400 && res.headers.location !== undefined) {
+    res.resume();
+    if (redirects >= 5) throw new SourceError(`download of ${url}: too many redirects`);
+    const next = new URL(res.headers.location, url).toString();
+    if (!isUrlSource(next)) throw new SourceError(`download of ${url} redirects to a non-https URL`);
+    return download(next, path, opts, redirects + 1);
+  }
+  if (status !== 200) {
+    res.resume();
+    throw new SourceError(`download of ${url} failed: HTTP ${status}`);
+  }
+  const declared = Number(res.headers['content-length'] ?? NaN);
+  if (Number.isFinite(declared) && declared > opts.maxBytes) {
+    res.destroy();
+    throw new SourceError(`download of ${url} is ${declared} bytes, over the cap of ${opts.maxBytes}`);
+  }
+  const hash = createHash('sha256');
+  let received = 0;
+  const meter = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      received += chunk.length;
+      if (received > opts.maxBytes) {
+        cb(new SourceError(`download of ${url} exceeded the cap of ${opts.maxBytes} bytes`));
+        return;
+      }
+      hash.update(chunk);
+      cb(null, chunk);
+    },
+  });
+  const stallMs = opts.stallTimeoutMs ?? 30_000;
+  res.setTimeout(stallMs, () => res.destroy(new SourceError(`download of ${url} stalled for ${stallMs} ms`)));
+  try {
+    await pipeline(res, meter, createWriteStream(path));
+  } catch (err) {
+    if (err instanceof SourceError) throw err;
+    throw new SourceError(`download of ${url} failed: ${(err as Error).message}`, { cause: err });
+  }
+  if (Number.isFinite(declared) && received !== declared) {
+    throw new SourceError(`download of ${url} ended after ${received} of ${declared} bytes`);
+  }
+  return hash.digest('hex');
+}
+
+function get(url: string, opts: SourceOptions): Promise<IncomingMessage> {
+  return new Promise((resolvePromise, reject) => {
+    const req = request(url, { method: 'GET', ...(opts.ca !== undefined ? { ca: opts.ca } : {}) }, resolvePromise);
+    req.setTimeout(opts.stallTimeoutMs ?? 30_000, () => req.destroy(new SourceError(`download of ${url} timed out`)));
+    req.on('error', (err) =>
+      reject(err instanceof SourceError ? err : new SourceError(`download of ${url} failed: ${err.message}`, { cause: err })),
+    );
+    req.end();
+  });
+}

@@ -1,0 +1,111 @@
+#!/usr/bin/env node
+import { pino, stdTimeFunctions } from 'pino';
+import { buildApp } from './app.js';
+import { ConfigError, helpText, parseConfig } from './config/config.js';
+import { loadManifest } from './config/manifest.js';
+import { configureSharp } from './tasks/preprocess/image.js';
+
+/**
+ * Process entry: parse the config, build the app, listen early (liveness answers while models load), load the
+ * models, and shut down cleanly on SIGTERM/SIGINT: readiness 503, new predictions 503, everything accepted is
+ * answered, workers exit, all within the grace period.
+ */
+
+/** Fields that must never reach a log line. */
+export const REDACT = [
+  'req.headers.authorization',
+  'req.headers["x-api-key"]',
+  'req.headers["proxy-authorization"]',
+  'req.headers.cookie',
+  'headers.authorization',
+  'headers["x-api-key"]',
+];
+
+async function main(): Promise<void> {
+  let parsed;
+  try {
+    parsed = parseConfig(process.env, process.argv.slice(2));
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n\n${helpText()}`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  if (parsed.help) {
+    process.stdout.write(helpText());
+    return;
+  }
+  const { config, warnings } = parsed;
+  const logger = pino({
+    level: config.logLevel,
+    base: { service: 'ocular' },
+    timestamp: stdTimeFunctions.isoTime,
+    redact: { paths: REDACT, censor: '[redacted]' },
+  });
+  for (const w of warnings) logger.warn({}, w);
+
+  configureSharp(config.imageFormats);
+
+  let manifest;
+  try {
+    manifest = await loadManifest(config.manifest);
+  } catch (err) {
+    logger.fatal({ err }, 'cannot load the manifest');
+    process.exit(1);
+  }
+
+  const app = await buildApp({
+    config,
+    manifest,
+    logger,
+    onFatal: (err) => {
+      // The device is in an unknown state: exit non-zero so the orchestrator restarts the pod.
+      logger.fatal({ err }, 'fatal device error, exiting');
+      process.exit(71);
+    },
+  });
+  let shuttingDown = false;
+  const shutdown = (signal: string) => {
+    if (shuttingDown) return;
+    shuttingDown = true;
+    logger.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down: draining');
+    app.ocular.models.startDraining();
+    const timer = setTimeout(() => {
+      logger.error({ graceMs: config.shutdownGraceMs }, 'shutdown grace expired, exiting with work unfinished');
+      process.exit(1);
+    }, config.shutdownGraceMs);
+    timer.unref();
+    app.close().then(
+      () => {
+        logger.info({}, 'shut down');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        logger.error({ err }, 'error while shutting down');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+
+  await app.listen({ host: config.host, port: config.port });
+  logger.info({ manifest: manifest.path, models: manifest.manifest.models.map((m) => m.name) }, 'loading models');
+  try {
+    await app.ocular.models.loadAll();
+  } catch (err) {
+    if (shuttingDown) return;
+    logger.fatal({ err }, 'a model failed to load');
+    await app.close().catch(() => {});
+    process.exit(1);
+  }
+  if (!shuttingDown) logger.info({ models: app.ocular.models.list().map((m) => m.describe().provider) }, 'ready');
+}
+
+process.on('uncaughtException', (err) => {
+  process.stderr.write(`${JSON.stringify({ level: 60, msg: 'uncaught exception', err: { message: err.message, stack: err.stack } })}\n`);
+  process.exit(70);
+});
+
+await main();

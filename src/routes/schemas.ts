@@ -1,0 +1,132 @@
+import { z } from 'zod';
+import { ERROR_CATALOG, type ErrorCode } from '../errors.js';
+
+/** Response and parameter schemas of the public HTTP API: the contract the OpenAPI document is generated from. */
+
+const codes = Object.keys(ERROR_CATALOG) as [ErrorCode, ...ErrorCode[]];
+
+export const ErrorBodySchema = z
+  .object({
+    code: z.enum(codes),
+    message: z.string(),
+  })
+  .meta({ id: 'Error' });
+
+export const ModelParamsSchema = z.object({
+  name: z.string().min(1).max(256),
+});
+
+/** Every query parameter any task takes; the model's task then refuses those it does not take. */
+export const PredictQuerySchema = z.object({
+  top_k: z.string().max(16).optional().describe('classification: how many classes to return'),
+  score_threshold: z.string().max(32).optional().describe('detection: minimum score, 0..1'),
+  iou_threshold: z.string().max(32).optional().describe('detection: NMS IoU threshold, 0..1'),
+  max_detections: z.string().max(16).optional().describe('detection: most detections to return'),
+  classes: z.string().max(4096).optional().describe('detection: comma-separated labels or class indices to keep'),
+});
+
+const BoxSchema = z.object({ x1: z.number(), y1: z.number(), x2: z.number(), y2: z.number() });
+const PointSchema = z.tuple([z.number(), z.number()]);
+
+const ImageResultBase = {
+  model: z.string(),
+  version: z.string(),
+  width: z.number().int(),
+  height: z.number().int(),
+};
+
+export const ClassificationResultSchema = z
+  .object({
+    ...ImageResultBase,
+    predictions: z.array(z.object({ label: z.string(), index: z.number().int(), score: z.number() })),
+  })
+  .meta({ id: 'ClassificationResult' });
+
+export const DetectionResultSchema = z
+  .object({
+    ...ImageResultBase,
+    detections: z.array(z.object({ label: z.string(), index: z.number().int(), score: z.number(), box: BoxSchema })),
+  })
+  .meta({ id: 'DetectionResult' });
+
+export const OcrResultSchema = z
+  .object({
+    ...ImageResultBase,
+    lines: z.array(
+      z.object({
+        text: z.string(),
+        score: z.number(),
+        polygon: z.array(PointSchema).length(4),
+        box: BoxSchema,
+      }),
+    ),
+  })
+  .meta({ id: 'OcrResult' });
+
+export const PredictResultSchema = z.union([ClassificationResultSchema, DetectionResultSchema, OcrResultSchema]);
+
+/** One slot of a multipart answer: the file's result without model/version, or its error. */
+const SlotSchema = z.union([
+  ClassificationResultSchema.omit({ model: true, version: true }),
+  DetectionResultSchema.omit({ model: true, version: true }),
+  OcrResultSchema.omit({ model: true, version: true }),
+  z.object({ error: ErrorBodySchema }),
+]);
+
+export const MultipartResultSchema = z
+  .object({ model: z.string(), version: z.string(), results: z.array(SlotSchema) })
+  .meta({ id: 'MultipartResult' });
+
+const TensorMetaSchema = z.object({
+  name: z.string(),
+  type: z.string(),
+  shape: z.array(z.number().int()),
+  symbolicShape: z.array(z.string()),
+});
+
+export const ModelDescriptionSchema = z
+  .object({
+    name: z.string(),
+    version: z.string(),
+    task: z.string(),
+    state: z.enum(['LOADING', 'READY', 'UNAVAILABLE']),
+    reason: z.string().optional(),
+    provider: z.string().optional(),
+    loadSeconds: z.number().optional(),
+    stages: z.array(
+      z.object({
+        stage: z.string(),
+        provider: z.string(),
+        requestedProviders: z.array(z.string()),
+        fallbackReason: z.string().optional(),
+        nodeCounts: z.record(z.string(), z.number()),
+        instances: z.number().int(),
+        inputs: z.array(TensorMetaSchema),
+        outputs: z.array(TensorMetaSchema),
+        batching: z.object({
+          maxBatchSize: z.number().int(),
+          maxQueueDelayMs: z.number(),
+          maxQueueSize: z.number().int(),
+          timeoutMs: z.number(),
+        }),
+      }),
+    ),
+  })
+  .meta({ id: 'Model' });
+
+export const ModelListSchema = z.object({ models: z.array(ModelDescriptionSchema) });
+
+export const ReadinessSchema = z.object({
+  status: z.enum(['ready', 'not_ready', 'draining']),
+  models: z.array(
+    z.object({
+      name: z.string(),
+      version: z.string(),
+      state: z.enum(['LOADING', 'READY', 'UNAVAILABLE']),
+      provider: z.string().optional(),
+      reason: z.string().optional(),
+    }),
+  ),
+});
+
+export const LivenessSchema = z.object({ status: z.literal('ok') });

@@ -1,0 +1,46 @@
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import type { ClassificationEntry } from '../../config/manifest.js';
+import { checkImageInput, checkLastDim, checkOutput } from '../../core/model-check.js';
+import { readLabels } from '../labels.js';
+import { prepareImage } from '../preprocess/image.js';
+import { elapsedMs, shapePolicyOf, throwIfAborted, warmupStage, type PipelineDeps, type TaskPipeline } from '../pipeline.js';
+import { classify } from './postprocess.js';
+
+export const ClassificationParamsSchema = z.strictObject({
+  top_k: z.coerce.number().int().min(1).max(1000).optional(),
+});
+
+export async function createClassificationPipeline(entry: ClassificationEntry, deps: PipelineDeps): Promise<TaskPipeline> {
+  const policy = shapePolicyOf(entry.input);
+  const stage = await deps.createStage('', entry, { shapePolicy: policy });
+  checkImageInput(entry.name, 'input', entry.input, stage.pool.info.inputs);
+  const output = checkOutput(entry.name, 'output', stage.pool.info.outputs, entry.output);
+  const labels = await readLabels(resolve(deps.baseDir, entry.labels));
+  checkLastDim(entry.name, 'labels', output, labels.length, 'number of classes (lines of the labels file)');
+
+  return {
+    task: entry.task,
+    stages: [stage],
+    paramsSchema: ClassificationParamsSchema,
+    async predict(image, rawParams, { signal, timings }) {
+      const params = rawParams as z.infer<typeof ClassificationParamsSchema>;
+      let t = performance.now();
+      const prepared = await prepareImage(image, entry.input, deps.limits);
+      timings.preprocessMs += elapsedMs(t);
+      throwIfAborted(signal);
+      const run = await stage.run(prepared, signal);
+      timings.queueMs += run.queueMs;
+      timings.inferenceMs += run.inferenceMs;
+      t = performance.now();
+      const row = run.outputs[output.name]?.data ?? new Float32Array(0);
+      const predictions = classify(row, labels, {
+        topK: params.top_k ?? entry.options.topK,
+        softmax: entry.options.softmax,
+      });
+      timings.postprocessMs += elapsedMs(t);
+      return { width: prepared.transform.originalWidth, height: prepared.transform.originalHeight, predictions };
+    },
+    warmup: () => warmupStage(stage, entry.input, policy),
+  };
+}

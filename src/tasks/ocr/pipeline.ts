@@ -1,0 +1,109 @@
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import type { OcrEntry } from '../../config/manifest.js';
+import { ModelCheckError, checkImageInput, checkLastDim, checkOutput } from '../../core/model-check.js';
+import { OcularError } from '../../errors.js';
+import { readLabels } from '../labels.js';
+import { elapsedMs, throwIfAborted, warmupStage, type PipelineDeps, type TaskPipeline } from '../pipeline.js';
+import { decodeImage, prepareFromDecoded } from '../preprocess/image.js';
+import { cropTextLine, resizeForRecognizer } from './crop.js';
+import { ctcDecode } from './ctc.js';
+import { dbPostprocess, type Quad } from './db-postprocess.js';
+
+/**
+ * PP-OCR as one model: the detector finds text regions (DB probability map -> 4-point polygons), each region is
+ * cut out of the decoded image and warped upright, and the recogniser reads every line (CTC). All lines of one
+ * image are queued together, so they batch on the recogniser (padded to the batch's widest).
+ */
+
+export const OcrParamsSchema = z.strictObject({});
+
+export interface OcrLine {
+  text: string;
+  score: number;
+  polygon: Quad;
+  box: { x1: number; y1: number; x2: number; y2: number };
+}
+
+export async function createOcrPipeline(entry: OcrEntry, deps: PipelineDeps): Promise<TaskPipeline> {
+  const det = entry.detector;
+  const rec = entry.recognizer;
+  if (det.input.resize.mode !== 'limit-round32' && det.input.resize.mode !== 'stretch') {
+    throw new ModelCheckError(entry.name, 'detector.input.resize', `must be limit-round32 or stretch, not ${det.input.resize.mode}`);
+  }
+  const detStage = await deps.createStage('detector', det, { shapePolicy: 'same-size' });
+  checkImageInput(entry.name, 'detector.input', det.input, detStage.pool.info.inputs);
+  const detOut = checkOutput(entry.name, 'detector', detStage.pool.info.outputs, undefined);
+
+  const recStage = await deps.createStage('recognizer', rec, { shapePolicy: 'pad-width' });
+  checkImageInput(entry.name, 'recognizer.input', rec.input, recStage.pool.info.inputs, { dynamicWidth: true });
+  const recOut = checkOutput(entry.name, 'recognizer', recStage.pool.info.outputs, undefined);
+  const labels = await readLabels(resolve(deps.baseDir, rec.labels));
+  checkLastDim(entry.name, 'recognizer.labels', recOut, labels.length + 2, 'number of classes (labels + blank + space)');
+
+  const dbOptions = {
+    binaryThreshold: entry.options.binaryThreshold,
+    boxThreshold: entry.options.boxThreshold,
+    unclipRatio: entry.options.unclipRatio,
+    maxCandidates: entry.options.maxCandidates,
+  };
+
+  return {
+    task: entry.task,
+    stages: [detStage, recStage],
+    paramsSchema: OcrParamsSchema,
+    async predict(image, _params, { signal, timings }) {
+      let t = performance.now();
+      const decoded = await decodeImage(image, deps.limits, det.input.background);
+      const prepared = await prepareFromDecoded(decoded, det.input);
+      timings.preprocessMs += elapsedMs(t);
+      throwIfAborted(signal);
+
+      const detRun = await detStage.run(prepared, signal);
+      timings.queueMs += detRun.queueMs;
+      timings.inferenceMs += detRun.inferenceMs;
+      const map = detRun.outputs[detOut.name];
+      if (map === undefined || map.dims.length !== 4) throw new OcularError('INFERENCE_FAILED', 'detector output missing');
+      t = performance.now();
+      const boxes = dbPostprocess(
+        { data: map.data, height: map.dims[2] as number, width: map.dims[3] as number },
+        prepared.transform,
+        dbOptions,
+      );
+      const crops = boxes.map((b) =>
+        resizeForRecognizer(cropTextLine(decoded, b.polygon), { height: rec.input.height, maxWidth: rec.input.width }),
+      );
+      timings.postprocessMs += elapsedMs(t);
+      throwIfAborted(signal);
+
+      const recRuns = await Promise.all(crops.map((c) => recStage.run(c, signal)));
+      timings.queueMs += Math.max(0, ...recRuns.map((r) => r.queueMs));
+      timings.inferenceMs += Math.max(0, ...recRuns.map((r) => r.inferenceMs));
+
+      t = performance.now();
+      const lines: OcrLine[] = [];
+      recRuns.forEach((run, i) => {
+        const out = run.outputs[recOut.name];
+        const box = boxes[i];
+        if (out === undefined || box === undefined) return;
+        const [, steps, classes] = out.dims as [number, number, number];
+        const { text, score } = ctcDecode(out.data, steps, classes, labels);
+        if (text.trim().length === 0 || score < entry.options.minTextScore) return;
+        const xs = box.polygon.map((p) => p[0]);
+        const ys = box.polygon.map((p) => p[1]);
+        lines.push({
+          text,
+          score,
+          polygon: box.polygon,
+          box: { x1: Math.min(...xs), y1: Math.min(...ys), x2: Math.max(...xs), y2: Math.max(...ys) },
+        });
+      });
+      timings.postprocessMs += elapsedMs(t);
+      return { width: decoded.width, height: decoded.height, lines };
+    },
+    async warmup() {
+      await warmupStage(detStage, det.input, 'same-size');
+      await warmupStage(recStage, rec.input, 'pad-width');
+    },
+  };
+}

@@ -1,0 +1,84 @@
+import type { z } from 'zod';
+import type { InputSpec } from '../config/input-spec.js';
+import type { StageEntry, Task } from '../config/manifest.js';
+import { isDynamicSize } from '../core/model-check.js';
+import type { Stage, StageOptions } from '../core/stage.js';
+import type { Timings } from '../core/telemetry.js';
+import type { PreparedPixels } from '../core/types.js';
+import { OcularError } from '../errors.js';
+import type { DecodeLimits } from './preprocess/image.js';
+
+/**
+ * One pipeline per task (after transformers.js): preprocess, run through the model's stage(s), postprocess.
+ * A pipeline is built by the registry once its stages are loaded, and is framework-free: routes call `predict`.
+ */
+
+export interface PredictContext {
+  signal?: AbortSignal | undefined;
+  timings: Timings;
+}
+
+/** Every answer carries the EXIF-upright size of the image it describes. */
+export interface ImageResult {
+  width: number;
+  height: number;
+}
+
+export interface TaskPipeline {
+  readonly task: Task;
+  readonly stages: readonly Stage[];
+  /** Validates the task's query parameters; unknown parameters are refused. */
+  readonly paramsSchema: z.ZodType<Record<string, unknown>>;
+  /** `params` must already be parsed by paramsSchema. */
+  predict(image: Buffer, params: Record<string, unknown>, ctx: PredictContext): Promise<ImageResult & Record<string, unknown>>;
+  /** Batches at size 1 and at each stage's maximum, at the nominal size, before the model is READY. */
+  warmup(): Promise<void>;
+}
+
+export interface StageRequest {
+  shapePolicy: StageOptions['shapePolicy'];
+}
+
+export interface PipelineDeps {
+  baseDir: string;
+  limits: DecodeLimits;
+  /** Fetches, verifies and loads a stage; the registry owns (and on failure closes) every stage it creates. */
+  createStage(field: string, entry: StageEntry, request: StageRequest): Promise<Stage>;
+}
+
+export function parseParams<T>(schema: z.ZodType<T>, params: unknown): T {
+  const parsed = schema.safeParse(params ?? {});
+  if (!parsed.success) {
+    const msg = parsed.error.issues.map((i) => `${i.path.join('.') || 'query'}: ${i.message}`).join('; ');
+    throw new OcularError('INVALID_PARAMETER', msg);
+  }
+  return parsed.data;
+}
+
+/** Tensor dims for `n` images of the input spec's nominal size. */
+export function nominalDims(spec: InputSpec, n: number): number[] {
+  return spec.layout === 'NCHW' ? [n, 3, spec.height, spec.width] : [n, spec.height, spec.width, 3];
+}
+
+/** A flat mid-grey image of the nominal size, for warm-up. */
+export function greyPixels(width: number, height: number): PreparedPixels {
+  return { pixels: new Uint8Array(width * height * 3).fill(128), width, height };
+}
+
+/** Warm-up of one stage: a batch of 1, then a full batch, at the nominal size. */
+export async function warmupStage(stage: Stage, spec: InputSpec, policy: StageOptions['shapePolicy']): Promise<void> {
+  const item = greyPixels(spec.width, spec.height);
+  await stage.runDirect([item], policy);
+  if (stage.maxBatchSize > 1) await stage.runDirect(Array.from({ length: stage.maxBatchSize }, () => item), policy);
+}
+
+export function shapePolicyOf(spec: InputSpec): StageOptions['shapePolicy'] {
+  return isDynamicSize(spec) ? 'same-size' : 'fixed';
+}
+
+/** Throws CLIENT_CLOSED_REQUEST when the client went away: no further work is done for it. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted === true) throw new OcularError('CLIENT_CLOSED_REQUEST');
+}
+
+export const elapsedMs = (since: number): number => performance.now() - since;
