@@ -190,8 +190,8 @@ class SlotPool {
   }
 }
 
-function errorOf(message: string, cause?: unknown): Error {
-  return new OcularError('INFERENCE_FAILED', message, cause === undefined ? undefined : { cause });
+function errorOf(message: string): Error {
+  return new OcularError('INFERENCE_FAILED', message);
 }
 
 export async function createSessionPool(opts: SessionPoolOptions): Promise<SessionPool> {
@@ -313,7 +313,8 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
         if (running !== undefined) {
           settle(running.job, { error: errorOf(`model ${model}: worker exited with code ${code} during a run`) });
         }
-        if (closing) return;
+        // While closing, a replacement is needed only for queued runs, which close() waits for.
+        if (closing && inFlight === 0) return;
         restarts++;
         log.error({ model, code, restarts, inFlight: running !== undefined }, 'worker exited, replacing it');
         respawn(0);
@@ -324,7 +325,6 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
     const delayMs = attempt === 0 ? 0 : Math.min(RESPAWN_DELAY_MS * 2 ** (attempt - 1), RESPAWN_MAX_DELAY_MS);
     const timer = setTimeout(() => {
       respawnTimers.delete(timer);
-      // While closing, a replacement is still needed for queued runs, which close() waits for.
       if (closing && inFlight === 0) return;
       spawn(init).then(
         ({ handle }) => {

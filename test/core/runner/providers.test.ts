@@ -1,0 +1,148 @@
+import t from 'tap';
+import * as ort from 'onnxruntime-node';
+import type { InferenceSession } from 'onnxruntime-common';
+import { createSessionWithFallback, resolveProviders, type OrtApi } from '../../../src/core/runner/providers.js';
+import { modelPath, sharedTestOptions } from '../../helpers/shared.js';
+
+const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
+
+interface CreateCall {
+  providers: string[];
+  options: InferenceSession.SessionOptions;
+  error?: string;
+}
+
+/** The real onnxruntime, with every InferenceSession.create call (options and thrown error) recorded. */
+function spyOrt(): { api: OrtApi; calls: CreateCall[] } {
+  const calls: CreateCall[] = [];
+  const api: OrtApi = {
+    env: ort.env,
+    InferenceSession: {
+      async create(path: string, options?: InferenceSession.SessionOptions): Promise<InferenceSession> {
+        const call: CreateCall = {
+          providers: (options?.executionProviders ?? []).map((p) => (typeof p === 'string' ? p : p.name)),
+          options: options ?? {},
+        };
+        calls.push(call);
+        try {
+          return await ort.InferenceSession.create(path, options ?? {});
+        } catch (err) {
+          call.error = err instanceof Error ? err.message : String(err);
+          throw err;
+        }
+      },
+    },
+  };
+  return { api, calls };
+}
+
+t.test('device modes resolve to provider lists', async (t) => {
+  t.same(resolveProviders('auto'), { providers: ['cuda', 'cpu'], fallbackToCpu: true });
+  t.same(resolveProviders('cuda'), { providers: ['cuda'], fallbackToCpu: false });
+  t.same(resolveProviders('cpu'), { providers: ['cpu'], fallbackToCpu: false });
+});
+
+t.test('an explicit provider list is used as given, a trailing cpu being the fallback', async (t) => {
+  t.same(resolveProviders('cuda', ['tensorrt', 'cuda', 'cpu']), {
+    providers: ['tensorrt', 'cuda', 'cpu'],
+    fallbackToCpu: true,
+  });
+  t.same(resolveProviders('auto', ['tensorrt', 'cuda']), { providers: ['tensorrt', 'cuda'], fallbackToCpu: false });
+  t.same(resolveProviders('cpu', []), { providers: ['cpu'], fallbackToCpu: false }, 'an empty list means no list');
+});
+
+t.test('auto falls back to cpu with onnxruntime’s own error as the reason', sharedTestOptions(MOBILENET), async (t) => {
+  const { api, calls } = spyOrt();
+  const plan = resolveProviders('auto');
+  const created = await createSessionWithFallback(api, modelPath('mobilenetv2-12-int8'), plan);
+  t.teardown(() => created.session.release());
+  t.same(calls[0]?.providers, ['cuda', 'cpu'], 'cuda is tried first, with cpu for unsupported nodes');
+  const cudaError = calls[0]?.error;
+  if (cudaError === undefined) {
+    // A machine with the CUDA provider libraries installed: no fallback to observe.
+    t.equal(created.provider, 'cuda');
+    t.equal(created.fallbackReason, undefined);
+    return;
+  }
+  t.comment(`onnxruntime said: ${cudaError}`);
+  t.match(cudaError, /Failed to load shared library/, 'what onnxruntime-node 1.30 says without libcuda providers');
+  t.equal(created.provider, 'cpu');
+  t.ok(created.fallbackReason?.includes(cudaError), 'the fallback reason carries onnxruntime’s text');
+  t.same(created.failures, [{ provider: 'cuda', message: cudaError }]);
+  t.same(calls[1]?.providers, ['cpu']);
+  t.same(created.session.inputNames, ['input']);
+});
+
+t.test('cuda without a working cuda provider fails with onnxruntime’s text', sharedTestOptions(MOBILENET), async (t) => {
+  const { api, calls } = spyOrt();
+  let thrown: unknown;
+  try {
+    const created = await createSessionWithFallback(api, modelPath('mobilenetv2-12-int8'), resolveProviders('cuda'));
+    await created.session.release();
+  } catch (err) {
+    thrown = err;
+  }
+  const cudaError = calls[0]?.error;
+  if (cudaError === undefined) {
+    t.comment('cuda provider available here: nothing to fail');
+    return;
+  }
+  t.type(thrown, Error);
+  t.ok((thrown as Error).message.includes(cudaError), 'the error names what onnxruntime said');
+  t.equal(calls.length, 1, 'no cpu session is created when the fallback is not allowed');
+});
+
+t.test('cpu never asks for a gpu provider', sharedTestOptions(MOBILENET), async (t) => {
+  const { api, calls } = spyOrt();
+  const created = await createSessionWithFallback(api, modelPath('mobilenetv2-12-int8'), {
+    ...resolveProviders('cpu'),
+    intraOpNumThreads: 1,
+    interOpNumThreads: 1,
+  });
+  t.teardown(() => created.session.release());
+  t.equal(created.provider, 'cpu');
+  t.equal(created.fallbackReason, undefined);
+  t.same(
+    calls.map((c) => c.providers),
+    [['cpu']],
+  );
+  t.equal(calls[0]?.options.intraOpNumThreads, 1);
+  t.equal(calls[0]?.options.logSeverityLevel, 4, 'native logging limited to fatal');
+  t.equal(ort.env.logLevel, 'fatal');
+});
+
+t.test('an explicit list tries each gpu provider alone (plus cpu), in order', sharedTestOptions(MOBILENET), async (t) => {
+  const { api, calls } = spyOrt();
+  const created = await createSessionWithFallback(api, modelPath('mobilenetv2-12-int8'), {
+    ...resolveProviders('auto', ['tensorrt', 'cuda', 'cpu']),
+    gpuDeviceId: 0,
+  });
+  t.teardown(() => created.session.release());
+  const failed = calls.filter((c) => c.error !== undefined);
+  if (failed.length < 2) {
+    t.comment('a gpu provider is available here: the fallback chain is not exercised');
+    return;
+  }
+  t.same(
+    calls.map((c) => c.providers),
+    [['tensorrt', 'cpu'], ['cuda', 'cpu'], ['cpu']],
+  );
+  const first = calls[0]?.options.executionProviders?.[0];
+  t.same(first, { name: 'tensorrt', deviceId: 0 }, 'per-provider options carry the device id');
+  t.equal(created.provider, 'cpu');
+  for (const call of failed) t.ok(created.fallbackReason?.includes(call.error as string));
+});
+
+t.test('a model that cannot load fails even on cpu, with onnxruntime’s text', async (t) => {
+  const { api, calls } = spyOrt();
+  let thrown: unknown;
+  try {
+    await createSessionWithFallback(api, '/nonexistent/model.onnx', resolveProviders('cpu'));
+  } catch (err) {
+    thrown = err;
+  }
+  const loadError = calls[0]?.error;
+  t.ok(loadError, 'onnxruntime refused the file');
+  t.type(thrown, Error);
+  t.ok((thrown as Error).message.includes(loadError as string), 'the error carries onnxruntime’s text');
+});

@@ -1,0 +1,274 @@
+import t, { type Test } from 'tap';
+import { readdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as ort from 'onnxruntime-node';
+import {
+  createSessionPool,
+  isFatalGpuError,
+  type SessionPool,
+  type SessionPoolOptions,
+} from '../../../src/core/runner/session-pool.js';
+import type { NormalizeParams } from '../../../src/tasks/preprocess/normalize.js';
+import type { PreparedPixels } from '../../../src/core/types.js';
+import { maxAbsDiff, modelPath, readTensorProto, sharedPath, sharedTestOptions } from '../../helpers/shared.js';
+
+const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
+const YOLOX = 'models/yolox-nano/model.onnx';
+
+const IMAGENET: NormalizeParams = {
+  layout: 'NCHW',
+  channelOrder: 'RGB',
+  scale: 1 / 255,
+  mean: [0.485, 0.456, 0.406],
+  std: [0.229, 0.224, 0.225],
+};
+const YOLOX_NORM: NormalizeParams = { layout: 'NCHW', channelOrder: 'BGR', scale: 1, mean: [0, 0, 0], std: [1, 1, 1] };
+
+interface LogLine {
+  level: string;
+  obj: object;
+  msg: string;
+}
+
+function captureLogger(): { logger: NonNullable<SessionPoolOptions['logger']>; lines: LogLine[] } {
+  const lines: LogLine[] = [];
+  const at = (level: string) => (obj: object, msg: string) => void lines.push({ level, obj, msg });
+  return { logger: { info: at('info'), warn: at('warn'), error: at('error'), debug: at('debug') }, lines };
+}
+
+function mobilenetOptions(overrides: Partial<SessionPoolOptions> = {}): SessionPoolOptions {
+  return {
+    modelName: 'mobilenet',
+    modelPath: modelPath('mobilenetv2-12-int8'),
+    providers: ['cpu'],
+    fallbackToCpu: false,
+    gpuDeviceId: 0,
+    instances: 1,
+    intraOpNumThreads: 1,
+    interOpNumThreads: 1,
+    normalize: IMAGENET,
+    ...overrides,
+  };
+}
+
+/** Deterministic pseudo-random RGB pixels (xorshift), so runs are reproducible. */
+function pixels(width: number, height: number, seed: number): PreparedPixels {
+  const data = new Uint8Array(width * height * 3);
+  let x = seed * 2654435761 || 1;
+  for (let i = 0; i < data.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    data[i] = x & 0xff;
+  }
+  return { pixels: data, width, height };
+}
+
+async function openPool(t: Test, opts: SessionPoolOptions): Promise<SessionPool> {
+  const pool = await createSessionPool(opts);
+  t.teardown(() => pool.close());
+  return pool;
+}
+
+/** The text onnxruntime itself gives when asked for CUDA here, or undefined where CUDA works. */
+async function cudaErrorText(): Promise<string | undefined> {
+  try {
+    const s = await ort.InferenceSession.create(modelPath('mobilenetv2-12-int8'), {
+      executionProviders: ['cuda', 'cpu'],
+      logSeverityLevel: 4,
+    });
+    await s.release();
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+t.test('a batch of three equals three single runs', sharedTestOptions(MOBILENET), async (t) => {
+  const pool = await openPool(t, mobilenetOptions());
+  const items = [pixels(224, 224, 1), pixels(224, 224, 2), pixels(224, 224, 3)];
+  const batch = await pool.runImages({ items, tensorHeight: 224, tensorWidth: 224 });
+  const out = batch['output'];
+  t.same(out?.dims, [3, 1000]);
+  for (let i = 0; i < 3; i++) {
+    const single = await pool.runImages({ items: [items[i] as PreparedPixels], tensorHeight: 224, tensorWidth: 224 });
+    t.same(single['output']?.dims, [1, 1000]);
+    const row = out?.data.subarray(i * 1000, (i + 1) * 1000) ?? new Float32Array(0);
+    t.ok(maxAbsDiff(row, single['output']?.data ?? []) <= 1e-4, `item ${i} matches its single run`);
+  }
+  t.not(maxAbsDiff(out?.data.subarray(0, 1000) ?? [], out?.data.subarray(1000, 2000) ?? []), 0, 'items differ');
+});
+
+t.test('a raw tensor run matches the reference output', sharedTestOptions(MOBILENET), async (t) => {
+  const pool = await openPool(t, mobilenetOptions());
+  const input = readTensorProto(sharedPath('models/mobilenetv2-12-int8/test_data_set_0/input_0.pb'));
+  const expected = readTensorProto(sharedPath('models/mobilenetv2-12-int8/test_data_set_0/output_0.pb'));
+  const outputs = await pool.runTensors({ input: { data: input.data, dims: input.dims, type: 'float32' } });
+  t.same(outputs['output']?.dims, expected.dims);
+  t.ok(maxAbsDiff(outputs['output']?.data ?? [], expected.data) <= 1e-4, 'within 1e-4 of output_0.pb');
+  t.equal(input.data.length, 3 * 224 * 224, 'the caller keeps its feed buffer');
+});
+
+t.test('session info shows the provider, node counts and dynamic batch', sharedTestOptions(MOBILENET), async (t) => {
+  const pool = await openPool(t, mobilenetOptions({ instances: 2 }));
+  t.equal(pool.instances, 2);
+  t.equal(pool.idle, 2);
+  t.equal(pool.info.provider, 'cpu');
+  t.same(pool.info.requestedProviders, ['cpu']);
+  t.ok((pool.info.nodeCounts['CPUExecutionProvider'] ?? 0) > 0, 'nodes ran on the CPU provider');
+  const traces = (await readdir(tmpdir())).filter((f) => f.startsWith('ocular-profile-'));
+  t.same(traces, [], 'the profiling trace was removed');
+  t.same(pool.info.inputs, [
+    { name: 'input', type: 'float32', shape: [-1, 3, 224, 224], symbolicShape: ['batch_size', '', '', ''] },
+  ]);
+  t.same(pool.info.outputs, [{ name: 'output', type: 'float32', shape: [-1, 1000], symbolicShape: ['batch_size', ''] }]);
+});
+
+t.test('auto on a machine without cuda serves from cpu and says why', sharedTestOptions(MOBILENET), async (t) => {
+  const observed = await cudaErrorText();
+  if (observed === undefined) {
+    t.comment('cuda works here: no fallback to observe');
+    return;
+  }
+  const { logger, lines } = captureLogger();
+  const pool = await openPool(t, mobilenetOptions({ providers: ['cuda', 'cpu'], fallbackToCpu: true, logger }));
+  t.equal(pool.info.provider, 'cpu');
+  t.same(pool.info.requestedProviders, ['cuda', 'cpu']);
+  t.ok(pool.info.fallbackReason?.includes(observed), `fallbackReason carries "${observed}"`);
+  const warning = lines.find((l) => l.level === 'warn' && l.msg === 'execution provider fallback');
+  t.ok(warning, 'the fallback is logged as a warning');
+  t.ok(String((warning?.obj as { reason?: unknown }).reason).includes(observed));
+  const out = await pool.runImages({ items: [pixels(224, 224, 9)], tensorHeight: 224, tensorWidth: 224 });
+  t.same(out['output']?.dims, [1, 1000]);
+});
+
+t.test('cuda without fallback fails to start with onnxruntime’s text', sharedTestOptions(MOBILENET), async (t) => {
+  const observed = await cudaErrorText();
+  if (observed === undefined) {
+    t.comment('cuda works here: nothing to fail');
+    return;
+  }
+  let thrown: unknown;
+  try {
+    const pool = await createSessionPool(mobilenetOptions({ providers: ['cuda'], fallbackToCpu: false }));
+    await pool.close();
+  } catch (err) {
+    thrown = err;
+  }
+  t.type(thrown, Error);
+  t.ok((thrown as Error).message.includes(observed), 'the startup error names onnxruntime’s failure');
+});
+
+t.test('a run error is answered and the worker keeps serving', sharedTestOptions(MOBILENET), async (t) => {
+  const pool = await openPool(t, mobilenetOptions());
+  await t.rejects(pool.runTensors({ input: { data: new Float32Array(12), dims: [1, 3, 2, 2], type: 'float32' } }), {
+    code: 'INFERENCE_FAILED',
+  });
+  const out = await pool.runImages({ items: [pixels(224, 224, 4)], tensorHeight: 224, tensorWidth: 224 });
+  t.same(out['output']?.dims, [1, 1000]);
+  t.equal(pool.restarts, 0);
+});
+
+t.test('runs beyond the instance count wait their turn', sharedTestOptions(MOBILENET), async (t) => {
+  const pool = await openPool(t, mobilenetOptions());
+  const runs = [1, 2, 3, 4].map((seed) =>
+    pool.runImages({ items: [pixels(224, 224, seed)], tensorHeight: 224, tensorWidth: 224 }),
+  );
+  const results = await Promise.all(runs);
+  t.same(
+    results.map((r) => r['output']?.dims),
+    [
+      [1, 1000],
+      [1, 1000],
+      [1, 1000],
+      [1, 1000],
+    ],
+  );
+  t.equal(pool.idle, 1);
+});
+
+t.test('a worker that dies mid-run rejects that run and is replaced', sharedTestOptions(MOBILENET), async (t) => {
+  const { logger, lines } = captureLogger();
+  const pool = await openPool(t, mobilenetOptions({ logger }));
+  // A worker that has served a run (its session and arena in use) before it dies.
+  await pool.runImages({ items: [pixels(224, 224, 12)], tensorHeight: 224, tensorWidth: 224 });
+  const held = pool.hold();
+  await held.entered;
+  t.equal(pool.idle, 0, 'the only instance is busy');
+  held.crash();
+  await t.rejects(held.done, { code: 'INFERENCE_FAILED', message: /exited with code \d+ during a run/ });
+  t.equal(pool.restarts, 1);
+  t.ok(lines.some((l) => l.level === 'error' && l.msg === 'worker exited, replacing it'));
+  // The next run waits for the replacement session, then is served.
+  const out = await pool.runImages({ items: [pixels(224, 224, 5)], tensorHeight: 224, tensorWidth: 224 });
+  t.same(out['output']?.dims, [1, 1000]);
+  t.equal(pool.idle, 1);
+});
+
+t.test('a blocked instance holds neither another instance nor another pool', sharedTestOptions(MOBILENET, YOLOX), async (t) => {
+  const classifier = await openPool(t, mobilenetOptions({ instances: 2 }));
+  const detector = await openPool(t, {
+    ...mobilenetOptions(),
+    modelName: 'yolox',
+    modelPath: modelPath('yolox-nano'),
+    normalize: YOLOX_NORM,
+  });
+  const held = classifier.hold();
+  let heldSettled = false;
+  void held.done.then(() => (heldSettled = true));
+  await held.entered;
+
+  const other = await classifier.runImages({ items: [pixels(224, 224, 6)], tensorHeight: 224, tensorWidth: 224 });
+  t.same(other['output']?.dims, [1, 1000], 'the second instance of the same pool served');
+  const letterboxed = pixels(416, 234, 7); // a 16:9 image on a 416 canvas, padded below
+  const detections = await detector.runImages({
+    items: [letterboxed, pixels(416, 416, 8)],
+    tensorHeight: 416,
+    tensorWidth: 416,
+    padValue: 114,
+  });
+  t.same(detections['output']?.dims, [2, 3549, 85], 'another model’s pool served');
+  t.notOk(heldSettled, 'all of that while the held instance was still blocked');
+
+  held.release();
+  await held.done;
+  t.equal(classifier.idle, 2);
+});
+
+t.test('close lets an in-flight run finish, then refuses new ones', sharedTestOptions(MOBILENET), async (t) => {
+  const pool = await createSessionPool(mobilenetOptions());
+  const held = pool.hold();
+  await held.entered;
+  const queued = pool.runImages({ items: [pixels(224, 224, 10)], tensorHeight: 224, tensorWidth: 224 });
+  let closed = false;
+  const closing = pool.close().then(() => (closed = true));
+  t.equal(pool.close(), pool.close(), 'close is idempotent');
+  await t.rejects(pool.runImages({ items: [pixels(224, 224, 11)], tensorHeight: 224, tensorWidth: 224 }), {
+    code: 'DRAINING',
+  });
+  t.notOk(closed, 'close waits while a run is in flight');
+  held.release();
+  await held.done;
+  const out = await queued;
+  t.same(out['output']?.dims, [1, 1000], 'the queued run was served before the workers ended');
+  await closing;
+  t.ok(closed);
+  t.equal(pool.idle, 0);
+});
+
+t.test('cuda and cudnn failures count as fatal, ordinary run errors do not', async (t) => {
+  // No real CUDA failure can be caused on a CPU machine; these are onnxruntime's CUDA provider error formats.
+  t.ok(isFatalGpuError('CUDA failure 700: an illegal memory access was encountered ; GPU=0'));
+  t.ok(isFatalGpuError('CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR'));
+  t.ok(isFatalGpuError('cudaErrorMemoryAllocation'));
+  t.notOk(isFatalGpuError("input 'input' is missing in 'feeds'."));
+});
+
+t.test('an ordinary run error does not reach onFatal', sharedTestOptions(MOBILENET), async (t) => {
+  let fatal: Error | undefined;
+  const pool = await openPool(t, mobilenetOptions({ onFatal: (err) => (fatal = err) }));
+  await t.rejects(pool.runTensors({ other: { data: new Float32Array(1), dims: [1], type: 'float32' } }), {
+    message: /missing in 'feeds'/,
+  });
+  t.equal(fatal, undefined);
+});
