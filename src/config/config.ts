@@ -174,7 +174,8 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
     const fromFlag = flags[def.flag];
     const raw = typeof fromFlag === 'string' ? fromFlag : env[def.env];
     const origin = typeof fromFlag === 'string' ? `--${def.flag}` : def.env;
-    const parsed = def.schema.safeParse(raw === '' ? undefined : raw);
+    // Empty or blank counts as unset: z.coerce.number would read ' ' as 0 (PORT=' ' would pick a random port).
+    const parsed = def.schema.safeParse(raw === undefined || raw.trim() === '' ? undefined : raw);
     if (parsed.success) out[key] = parsed.data;
     else problems.push(`${origin}=${JSON.stringify(raw)}: ${parsed.error.issues.map((i) => i.message).join('; ')}`);
   }
