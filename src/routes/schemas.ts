@@ -16,8 +16,11 @@ export const ModelParamsSchema = z.object({
   name: z.string().min(1).max(256),
 });
 
-/** Every query parameter any task takes; the model's task then refuses those it does not take. */
-export const PredictQuerySchema = z.object({
+/**
+ * Every query parameter any task takes; the model's task then refuses those it does not take. Strict: a parameter
+ * no task takes (a misspelt `score_treshold`) is 400, never silently dropped.
+ */
+export const PredictQuerySchema = z.strictObject({
   top_k: z.string().max(16).optional().describe('classification: how many classes to return'),
   score_threshold: z.string().max(32).optional().describe('detection: minimum score, 0..1'),
   iou_threshold: z.string().max(32).optional().describe('detection: NMS IoU threshold, 0..1'),

@@ -77,8 +77,14 @@ export async function createOcrPipeline(entry: OcrEntry, deps: PipelineDeps): Pr
       throwIfAborted(signal);
 
       const recRuns = await Promise.all(crops.map((c) => recStage.run(c, signal)));
-      timings.queueMs += Math.max(0, ...recRuns.map((r) => r.queueMs));
-      timings.inferenceMs += Math.max(0, ...recRuns.map((r) => r.inferenceMs));
+      // The lines' runs overlap: report the queue and inference of the run that finished last, so that the stages
+      // never add up to more than the wall time (the max queue plus the max inference of different runs can).
+      const last = recRuns.reduce<(typeof recRuns)[number] | undefined>(
+        (a, r) => (a === undefined || r.queueMs + r.inferenceMs > a.queueMs + a.inferenceMs ? r : a),
+        undefined,
+      );
+      timings.queueMs += last?.queueMs ?? 0;
+      timings.inferenceMs += last?.inferenceMs ?? 0;
 
       t = performance.now();
       const lines: OcrLine[] = [];

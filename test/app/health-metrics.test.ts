@@ -1,0 +1,344 @@
+/**
+ * Health, readiness, model descriptions, OpenAPI, metrics and logs of a real app on the shared models.
+ * Metrics are asserted by deltas between two scrapes, so the warm-up batches and earlier subtests do not matter.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import t from 'tap';
+import { buildTestApp, sharedManifestPath } from '../helpers/app.js';
+import { imagePath, sharedTestOptions } from '../helpers/shared.js';
+
+const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
+const SHARED = [
+  MOBILENET,
+  'models/yolox-nano/model.onnx',
+  'models/ultraface-rfb-320/model.onnx',
+  'models/ppocrv4-det/model.onnx',
+  'models/ppocrv4-rec/model.onnx',
+  'images/cat_chelsea.png',
+  'images/soccer_player.jpg',
+];
+const MODELS = ['mobilenetv2', 'yolox-nano', 'ultraface', 'ocr'];
+
+interface TensorMeta {
+  name: string;
+  type: string;
+  shape: number[];
+}
+interface StageDescription {
+  stage: string;
+  provider: string;
+  nodeCounts: Record<string, number>;
+  instances: number;
+  inputs: TensorMeta[];
+  outputs: TensorMeta[];
+  batching: { maxBatchSize: number; maxQueueDelayMs: number; maxQueueSize: number; timeoutMs: number };
+}
+interface ModelDescription {
+  name: string;
+  version: string;
+  task: string;
+  state: string;
+  provider?: string;
+  stages: StageDescription[];
+}
+interface Readiness {
+  status: string;
+  models: { name: string; version: string; state: string; provider?: string }[];
+}
+
+const catPng = (): Buffer => readFileSync(imagePath('cat_chelsea.png'));
+const soccerJpg = (): Buffer => readFileSync(imagePath('soccer_player.jpg'));
+
+function predict(app: FastifyInstance, model: string, body: Buffer, headers: Record<string, string> = {}) {
+  return app.inject({
+    method: 'POST',
+    url: `/v1/models/${model}/predict`,
+    headers: { 'content-type': 'application/octet-stream', ...headers },
+    payload: body,
+  });
+}
+
+/** A copy of the shared manifest with only mobilenetv2 and absolute paths, for small apps that load quickly. */
+function mobilenetOnlyManifest(dir: string): string {
+  const base = JSON.parse(readFileSync(sharedManifestPath, 'utf8')) as { models: Record<string, unknown>[] };
+  const entry = base.models.find((m) => m['name'] === 'mobilenetv2');
+  if (entry === undefined) throw new Error('mobilenetv2 is not in the shared manifest');
+  const abs = (p: unknown): string => join(sharedManifestPath, '..', String(p));
+  const path = join(dir, 'mobilenet.manifest.json');
+  writeFileSync(path, JSON.stringify({ models: [{ ...entry, source: abs(entry['source']), labels: abs(entry['labels']) }] }));
+  return path;
+}
+
+// ---- A tiny Prometheus text-format parser: enough for counters, gauges and histograms. ----
+
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+function parseLabels(text: string): Record<string, string> {
+  const labels: Record<string, string> = {};
+  const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
+  for (const m of text.matchAll(re)) {
+    labels[m[1] as string] = (m[2] as string).replace(/\\n/g, '\n').replace(/\\"/g, '"').replace(/\\\\/g, '\\');
+  }
+  return labels;
+}
+
+function parsePrometheus(text: string): Sample[] {
+  const samples: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
+    if (m === null) throw new Error(`unparsable metrics line: ${line}`);
+    const raw = m[3] as string;
+    const value = raw === '+Inf' ? Infinity : raw === '-Inf' ? -Infinity : Number(raw);
+    samples.push({ name: m[1] as string, labels: parseLabels(m[2] ?? ''), value });
+  }
+  return samples;
+}
+
+class Scrape {
+  constructor(readonly samples: Sample[]) {}
+
+  series(name: string): Sample[] {
+    return this.samples.filter((s) => s.name === name);
+  }
+
+  /** The sample whose labels are exactly these; 0 when the series does not exist yet (counters start at 0). */
+  value(name: string, labels: Record<string, string>): number {
+    const want = Object.entries(labels);
+    const found = this.series(name).find(
+      (s) => Object.keys(s.labels).length === want.length && want.every(([k, v]) => s.labels[k] === v),
+    );
+    return found?.value ?? 0;
+  }
+}
+
+async function scrape(app: FastifyInstance): Promise<Scrape> {
+  const res = await app.inject({ method: 'GET', url: '/metrics' });
+  if (res.statusCode !== 200) throw new Error(`/metrics answered ${res.statusCode}`);
+  return new Scrape(parsePrometheus(res.body));
+}
+
+t.test('a loaded app', sharedTestOptions(...SHARED), async (t) => {
+  const { app, logs } = await buildTestApp(t, { config: { logLevel: 'debug' } });
+
+  t.test('/healthz is 200 ok', async (t) => {
+    const res = await app.inject({ method: 'GET', url: '/healthz' });
+    t.equal(res.statusCode, 200);
+    t.same(res.json(), { status: 'ok' });
+  });
+
+  t.test('/readyz is 200 with every model READY on the cpu provider', async (t) => {
+    const res = await app.inject({ method: 'GET', url: '/readyz' });
+    t.equal(res.statusCode, 200);
+    const body = res.json<Readiness>();
+    t.equal(body.status, 'ready');
+    t.same(body.models.map((m) => m.name).sort(), [...MODELS].sort());
+    for (const m of body.models) {
+      t.equal(m.state, 'READY', `${m.name} READY`);
+      t.equal(m.provider, 'cpu', `${m.name} on cpu`);
+    }
+  });
+
+  t.test('GET /v1/models describes the 4 models', async (t) => {
+    const res = await app.inject({ method: 'GET', url: '/v1/models' });
+    t.equal(res.statusCode, 200);
+    const models = res.json<{ models: ModelDescription[] }>().models;
+    t.same(models.map((m) => m.name).sort(), [...MODELS].sort());
+    for (const m of models) {
+      t.equal(m.state, 'READY', `${m.name}: READY`);
+      t.equal(m.provider, 'cpu', `${m.name}: provider cpu`);
+      t.ok(typeof m.version === 'string' && m.version.length > 0, `${m.name}: a version`);
+      t.equal(m.stages.length, m.name === 'ocr' ? 2 : 1, `${m.name}: stages`);
+      for (const s of m.stages) {
+        const at = `${m.name}/${s.stage}`;
+        t.equal(s.provider, 'cpu', `${at}: provider`);
+        t.ok((s.nodeCounts['CPUExecutionProvider'] ?? 0) > 0, `${at}: nodes on CPUExecutionProvider`);
+        t.ok(s.instances >= 1, `${at}: instances`);
+        t.ok(s.inputs.length >= 1 && s.outputs.length >= 1, `${at}: inputs and outputs`);
+        for (const io of [...s.inputs, ...s.outputs]) {
+          t.equal(io.shape[0], -1, `${at}: ${io.name} has a dynamic batch dim`);
+          t.equal(io.type, 'float32', `${at}: ${io.name} is float32`);
+        }
+        t.ok(s.batching.maxBatchSize >= 1 && s.batching.maxQueueSize >= 1 && s.batching.timeoutMs > 0, `${at}: batching`);
+        t.type(s.batching.maxQueueDelayMs, 'number');
+      }
+    }
+    t.same(
+      models.find((m) => m.name === 'ocr')?.stages.map((s) => s.stage),
+      ['detector', 'recognizer'],
+    );
+
+    const one = await app.inject({ method: 'GET', url: '/v1/models/yolox-nano' });
+    t.equal(one.statusCode, 200);
+    t.equal(one.json<ModelDescription>().task, 'object-detection');
+
+    const nope = await app.inject({ method: 'GET', url: '/v1/models/nope' });
+    t.equal(nope.statusCode, 404);
+    t.same(Object.keys(nope.json<Record<string, unknown>>()).sort(), ['code', 'message']);
+    t.equal(nope.json<{ code: string }>().code, 'MODEL_NOT_FOUND');
+  });
+
+  t.test('/openapi.json is an OpenAPI 3 document with the predict path', async (t) => {
+    const res = await app.inject({ method: 'GET', url: '/openapi.json' });
+    t.equal(res.statusCode, 200);
+    const doc = res.json<{
+      openapi?: string;
+      info?: { title?: string; version?: string };
+      paths?: Record<string, Record<string, { responses?: Record<string, unknown>; parameters?: { name: string; in: string }[] }>>;
+    }>();
+    t.match(doc.openapi ?? '', /^3\.\d+\.\d+$/, 'openapi: 3.x.y');
+    t.ok(doc.info?.title !== undefined && doc.info.version !== undefined, 'info has a title and a version');
+    const predictOp = doc.paths?.['/v1/models/{name}/predict']?.['post'];
+    t.ok(predictOp, 'POST /v1/models/{name}/predict is documented');
+    t.ok(predictOp?.responses?.['200'] !== undefined && predictOp.responses['415'] !== undefined, 'with its 200 and error answers');
+    const params = predictOp?.parameters ?? [];
+    t.ok(params.some((p) => p.name === 'name' && p.in === 'path'), 'the model name path parameter');
+    t.ok(params.some((p) => p.name === 'top_k' && p.in === 'query'), 'the query parameters');
+    t.ok(doc.paths?.['/v1/models']?.['get'], 'GET /v1/models is documented');
+    t.notOk(doc.paths?.['/openapi.json'], 'the document hides itself');
+  });
+
+  t.test('metrics count predictions, batches and stage timings', async (t) => {
+    const before = await scrape(app);
+    const N = 5;
+    const answers = await Promise.all(Array.from({ length: N }, () => predict(app, 'mobilenetv2', catPng())));
+    t.same(
+      answers.map((r) => r.statusCode),
+      Array.from({ length: N }, () => 200),
+    );
+    const bogus = await predict(app, 'bogus-model-name', catPng());
+    t.equal(bogus.statusCode, 404);
+    const after = await scrape(app);
+
+    const delta = (name: string, labels: Record<string, string>) => after.value(name, labels) - before.value(name, labels);
+    const model = { model: 'mobilenetv2' };
+    const stage = { model: 'mobilenetv2', stage: 'main' };
+
+    t.equal(delta('ocular_requests_total', { model: 'mobilenetv2', status: '200', error_code: '' }), N, 'requests_total +5 (200)');
+    t.equal(delta('ocular_requests_total', { model: '_unknown', status: '404', error_code: 'MODEL_NOT_FOUND' }), 1, '_unknown +1 (404)');
+    t.same(
+      after.samples.filter((s) => Object.values(s.labels).includes('bogus-model-name')),
+      [],
+      'no series carries the bogus model name',
+    );
+    t.equal(delta('ocular_request_duration_seconds_count', model), N, 'request_duration count +5');
+    t.ok(delta('ocular_request_duration_seconds_sum', model) > 0, 'request_duration sum grew');
+    t.equal(delta('ocular_queue_duration_seconds_count', model), N, 'queue_duration count +5');
+    t.equal(delta('ocular_preprocess_duration_seconds_count', model), N, 'preprocess_duration count +5');
+    const batches = delta('ocular_batch_size_count', stage);
+    t.ok(batches >= 1 && batches <= N, `batch_size count grew by 1..5 (${batches})`);
+    t.equal(delta('ocular_batch_size_sum', stage), N, 'batch sizes sum to the 5 requests');
+    t.equal(delta('ocular_inference_duration_seconds_count', stage), batches, 'one inference observation per batch');
+    t.equal(delta('ocular_requests_total', { model: 'yolox-nano', status: '200', error_code: '' }), 0, 'other models untouched');
+
+    const info = after.series('ocular_model_info');
+    t.same(info.map((s) => s.labels['model']).sort(), [...MODELS].sort(), 'model_info for the 4 models');
+    t.ok(info.every((s) => s.labels['provider'] === 'cpu' && s.value === 1), 'each on cpu, value 1');
+    t.ok(after.series('nodejs_eventloop_lag_seconds').length > 0, 'nodejs_eventloop_lag_seconds present');
+    const depth = after.series('ocular_queue_depth');
+    t.same(depth.map((s) => s.labels['model']).sort(), [...MODELS].sort(), 'queue_depth per model');
+    t.ok(depth.every((s) => s.value === 0), 'and nothing queued now');
+  });
+
+  t.test('a held model worker blocks neither liveness nor another model', async (t) => {
+    const handle = app.ocular.models.list().find((m) => m.name === 'mobilenetv2');
+    const stage = handle?.stages[0];
+    if (stage === undefined) throw new Error('mobilenetv2 has no stage');
+    const held = stage.pool.hold();
+    let released = false;
+    t.teardown(() => {
+      if (!released) held.release();
+    });
+    await held.entered;
+
+    let mobilenetSettled = false;
+    let mobilenetSettledBeforeRelease = false;
+    const mobilenet = predict(app, 'mobilenetv2', catPng()).then((res) => {
+      mobilenetSettled = true;
+      mobilenetSettledBeforeRelease = !released;
+      return res;
+    });
+
+    const health = await app.inject({ method: 'GET', url: '/healthz' });
+    t.equal(health.statusCode, 200, '/healthz answers while the worker is held');
+    const yolox = await predict(app, 'yolox-nano', soccerJpg());
+    t.equal(yolox.statusCode, 200, 'yolox-nano answers while the mobilenet worker is held');
+    t.notOk(mobilenetSettled, 'the mobilenet request is still pending after the others finished');
+
+    released = true;
+    held.release();
+    await held.done;
+    const res = await mobilenet;
+    t.notOk(mobilenetSettledBeforeRelease, 'it completed only after the release');
+    t.equal(res.statusCode, 200, 'and then answers 200');
+    t.equal(res.json<{ predictions: { label: string }[] }>().predictions[0]?.label, 'Egyptian cat');
+  });
+
+  t.test("a request's log lines carry its id; credentials never reach the log", async (t) => {
+    const secret = 'Bearer secret-token-5f2a9c';
+    const from = logs.lines.length;
+    const res = await predict(app, 'mobilenetv2', catPng(), { 'x-request-id': 'log-trace-1', authorization: secret, 'x-api-key': 'key-77f1e3' });
+    t.equal(res.statusCode, 200);
+    const refused = await app.inject({
+      method: 'POST',
+      url: '/v1/models/mobilenetv2/predict',
+      headers: { 'content-type': 'text/plain', 'x-request-id': 'log-trace-2', authorization: secret },
+      payload: 'not an image',
+    });
+    t.equal(refused.statusCode, 415);
+    const lines = logs.lines.slice(from);
+
+    const first = lines.filter((l) => l['reqId'] === 'log-trace-1');
+    t.ok(first.some((l) => l['msg'] === 'incoming request'), 'the incoming line carries the id');
+    t.ok(first.some((l) => l['msg'] === 'request completed'), 'the completed line carries the id');
+    const second = lines.filter((l) => l['reqId'] === 'log-trace-2');
+    t.ok(second.some((l) => l['msg'] === 'request refused'), 'a refused request is logged with its id');
+
+    t.ok(lines.length > 0 && logs.lines.length > 0, 'lines were captured');
+    const leaks = logs.lines.map((l) => JSON.stringify(l)).filter((s) => s.includes('secret-token-5f2a9c') || s.includes('key-77f1e3'));
+    t.same(leaks, [], 'no captured line holds the authorization header or the API key');
+  });
+});
+
+t.test('an app whose models are still loading', sharedTestOptions(MOBILENET, 'images/cat_chelsea.png'), async (t) => {
+  const { app } = await buildTestApp(t, { load: false });
+
+  const health = await app.inject({ method: 'GET', url: '/healthz' });
+  t.equal(health.statusCode, 200, 'liveness answers 200');
+
+  const ready = await app.inject({ method: 'GET', url: '/readyz' });
+  t.equal(ready.statusCode, 503, 'readiness answers 503');
+  t.equal(ready.headers['retry-after'], '1');
+  const body = ready.json<Readiness>();
+  t.equal(body.status, 'not_ready');
+  t.ok(body.models.length === MODELS.length && body.models.every((m) => m.state === 'LOADING'), 'every model LOADING');
+
+  const res = await predict(app, 'mobilenetv2', catPng());
+  t.equal(res.statusCode, 503);
+  t.equal(res.json<{ code: string }>().code, 'MODEL_NOT_READY');
+  t.equal(res.headers['retry-after'], '1', 'with Retry-After');
+});
+
+t.test('a draining app', sharedTestOptions(MOBILENET, 'images/cat_chelsea.png'), async (t) => {
+  const { app } = await buildTestApp(t, { manifestPath: mobilenetOnlyManifest(t.testdir()) });
+  t.equal((await app.inject({ method: 'GET', url: '/readyz' })).statusCode, 200, 'ready before');
+  t.equal((await predict(app, 'mobilenetv2', catPng())).statusCode, 200, 'predicts before');
+
+  app.ocular.models.startDraining();
+
+  const ready = await app.inject({ method: 'GET', url: '/readyz' });
+  t.equal(ready.statusCode, 503, 'readiness 503');
+  t.equal(ready.json<Readiness>().status, 'draining');
+  t.equal((await app.inject({ method: 'GET', url: '/healthz' })).statusCode, 200, 'liveness still 200');
+  const res = await predict(app, 'mobilenetv2', catPng());
+  t.equal(res.statusCode, 503);
+  t.same(Object.keys(res.json<Record<string, unknown>>()).sort(), ['code', 'message']);
+  t.equal(res.json<{ code: string }>().code, 'DRAINING');
+  t.equal(res.headers['retry-after'], '1', 'with Retry-After');
+});
