@@ -2,11 +2,10 @@
  * Health, readiness, model descriptions, OpenAPI, metrics and logs of a real app on the shared models.
  * Metrics are asserted by deltas between two scrapes, so the warm-up batches and earlier subtests do not matter.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import t from 'tap';
-import { buildTestApp, sharedManifestPath } from '../helpers/app.js';
+import { buildTestApp, sharedModel, writeManifest } from '../helpers/app.js';
 import { imagePath, sharedTestOptions } from '../helpers/shared.js';
 
 const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
@@ -16,10 +15,11 @@ const SHARED = [
   'models/ultraface-rfb-320/model.onnx',
   'models/ppocrv4-det/model.onnx',
   'models/ppocrv4-rec/model.onnx',
+  'models/deeplabv3-mobilenetv2-voc/model.onnx',
   'images/cat_chelsea.png',
   'images/soccer_player.jpg',
 ];
-const MODELS = ['mobilenetv2', 'yolox-nano', 'ultraface', 'ocr'];
+const MODELS = ['mobilenetv2', 'yolox-nano', 'ultraface', 'ocr', 'ocr-det', 'ocr-rec', 'deeplabv3'];
 
 interface TensorMeta {
   name: string;
@@ -60,15 +60,9 @@ function predict(app: FastifyInstance, model: string, body: Buffer, headers: Rec
   });
 }
 
-/** A copy of the shared manifest with only mobilenetv2 and absolute paths, for small apps that load quickly. */
+/** A manifest with only mobilenetv2, for small apps that load quickly. */
 function mobilenetOnlyManifest(dir: string): string {
-  const base = JSON.parse(readFileSync(sharedManifestPath, 'utf8')) as { models: Record<string, unknown>[] };
-  const entry = base.models.find((m) => m['name'] === 'mobilenetv2');
-  if (entry === undefined) throw new Error('mobilenetv2 is not in the shared manifest');
-  const abs = (p: unknown): string => join(sharedManifestPath, '..', String(p));
-  const path = join(dir, 'mobilenet.manifest.json');
-  writeFileSync(path, JSON.stringify({ models: [{ ...entry, source: abs(entry['source']), labels: abs(entry['labels']) }] }));
-  return path;
+  return writeManifest([sharedModel('mobilenetv2')], dir);
 }
 
 // ---- A tiny Prometheus text-format parser: enough for counters, gauges and histograms. ----
@@ -145,7 +139,7 @@ t.test('a loaded app', sharedTestOptions(...SHARED), async (t) => {
     }
   });
 
-  t.test('GET /v1/models describes the 4 models', async (t) => {
+  t.test('GET /v1/models describes the 7 models', async (t) => {
     const res = await app.inject({ method: 'GET', url: '/v1/models' });
     t.equal(res.statusCode, 200);
     const models = res.json<{ models: ModelDescription[] }>().models;

@@ -2,12 +2,11 @@
  * POST /v1/models/{name}/predict end to end: the real models in ../shared on real photos, through app.inject.
  * Expected answers come from the models' READMEs (../shared/models/<model>/README.md).
  */
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import sharp from 'sharp';
 import t, { type Test } from 'tap';
-import { buildTestApp, sharedManifestPath } from '../helpers/app.js';
+import { buildTestApp, sharedModel, writeManifest } from '../helpers/app.js';
 import { imagePath, sharedTestOptions } from '../helpers/shared.js';
 
 const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
@@ -130,16 +129,9 @@ function parseServerTiming(header: string): Record<string, number> {
   return out;
 }
 
-/** A copy of the shared manifest with only mobilenetv2 and absolute paths, so small apps load quickly. */
+/** A manifest with only mobilenetv2, so small apps load quickly. */
 function mobilenetOnlyManifest(dir: string): string {
-  const base = JSON.parse(readFileSync(sharedManifestPath, 'utf8')) as { models: Record<string, unknown>[] };
-  const entry = base.models.find((m) => m['name'] === 'mobilenetv2');
-  if (entry === undefined) throw new Error('mobilenetv2 is not in the shared manifest');
-  const fixturesDir = join(sharedManifestPath, '..');
-  const abs = (p: unknown): string => join(fixturesDir, String(p));
-  const path = join(dir, 'mobilenet.manifest.json');
-  writeFileSync(path, JSON.stringify({ models: [{ ...entry, source: abs(entry['source']), labels: abs(entry['labels']) }] }));
-  return path;
+  return writeManifest([sharedModel('mobilenetv2')], dir);
 }
 
 t.test('predictions on real photos', sharedTestOptions(...SHARED), async (t) => {

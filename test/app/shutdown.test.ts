@@ -3,11 +3,10 @@
  * load. The server's JSON log on stdout is the record of what it did and in which order.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { request as httpRequest, Agent } from 'node:http';
-import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { sharedManifestPath } from '../helpers/app.js';
+import { sharedManifestPath, sharedModels, writeManifest } from '../helpers/app.js';
 import { imagePath, projectRoot, sharedTestOptions } from '../helpers/shared.js';
 
 const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
@@ -104,18 +103,9 @@ function startServer(t: Test, env: Record<string, string>, args: string[] = []):
   };
 }
 
-/** A copy of the shared manifest with absolute paths (so it can live in a temp dir), models edited by `edit`. */
-function writeManifest(dir: string, edit: (models: Record<string, unknown>[]) => Record<string, unknown>[]): string {
-  const base = JSON.parse(readFileSync(sharedManifestPath, 'utf8')) as { models: Record<string, unknown>[] };
-  const abs = (p: unknown): string => join(sharedManifestPath, '..', String(p));
-  const models = base.models.map((m) => ({
-    ...m,
-    ...(m['source'] !== undefined ? { source: abs(m['source']) } : {}),
-    ...(m['labels'] !== undefined ? { labels: abs(m['labels']) } : {}),
-  }));
-  const path = join(dir, 'manifest.json');
-  writeFileSync(path, JSON.stringify({ models: edit(models) }));
-  return path;
+/** The shared manifest (absolute paths, so it can live in a temp dir), models edited by `edit`. */
+function editedManifest(dir: string, edit: (models: Record<string, unknown>[]) => Record<string, unknown>[]): string {
+  return writeManifest(edit(sharedModels()) as Parameters<typeof writeManifest>[0], dir);
 }
 
 interface HttpAnswer {
@@ -289,7 +279,7 @@ t.test('--help lists the variables and exits 0', async (t) => {
 });
 
 t.test('a manifest whose input width the model contradicts stops startup, naming the model and the field', sharedTestOptions(MOBILENET), async (t) => {
-  const manifest = writeManifest(t.testdir(), (models) => {
+  const manifest = editedManifest(t.testdir(), (models) => {
     const mobilenet = models.find((m) => m['name'] === 'mobilenetv2');
     if (mobilenet === undefined) throw new Error('mobilenetv2 is not in the shared manifest');
     // The resize keeps the manifest valid on its own (crop 300 wide needs a shorter side of at least 300): only

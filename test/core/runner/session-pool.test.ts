@@ -1,6 +1,8 @@
 import t, { type Test } from 'tap';
+import { mkdtempSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import {
   createSessionPool,
@@ -11,6 +13,10 @@ import {
 import type { NormalizeParams } from '../../../src/tasks/preprocess/normalize.js';
 import type { PreparedPixels } from '../../../src/core/types.js';
 import { maxAbsDiff, modelPath, readTensorProto, sharedPath, sharedTestOptions } from '../../helpers/shared.js';
+
+// Profiling traces go to os.tmpdir(); a private one for this file (the workers share process.env) lets the test
+// check that this pool removed its own trace while other test files run in parallel.
+process.env['TMPDIR'] = mkdtempSync(join(tmpdir(), 'ocular-pool-test-'));
 
 const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
 const YOLOX = 'models/yolox-nano/model.onnx';
