@@ -14,4 +14,23 @@ export default tseslint.config(
       '@typescript-eslint/consistent-type-imports': 'error',
     },
   },
+  {
+    // The playground page: a plain browser ES module, no build step.
+    files: ['public/**/*.js'],
+    languageOptions: {
+      sourceType: 'module',
+      globals: {
+        window: 'readonly',
+        document: 'readonly',
+        sessionStorage: 'readonly',
+        fetch: 'readonly',
+        performance: 'readonly',
+        Image: 'readonly',
+        AbortController: 'readonly',
+        Response: 'readonly',
+        File: 'readonly',
+        HTMLElement: 'readonly',
+      },
+    },
+  },
 );

@@ -7,13 +7,22 @@ import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fast
 import type { Logger } from 'pino';
 import type { Config } from './config/config.js';
 import type { LoadedManifest } from './config/manifest.js';
+import { InferParser } from './core/infer-parser.js';
 import { ModelRegistry } from './core/registry.js';
+import { loadKeyDigests, registerAuth } from './plugins/auth.js';
 import { registerErrorHandling } from './plugins/errors.js';
+import { registerInFlight } from './plugins/in-flight.js';
+import { registerManifestWatch, reloadManifest } from './plugins/manifest-watch.js';
+import { SECURITY_HEADERS, registerSecurityHeaders } from './plugins/security-headers.js';
+import { sendError } from './plugins/errors.js';
+import { OcularError } from './errors.js';
 import { Metrics } from './plugins/metrics.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { registerMetricsRoute } from './routes/metrics.js';
 import { registerModelRoutes } from './routes/models.js';
+import { registerPlaygroundRoutes } from './routes/playground.js';
 import { registerPredictRoute } from './routes/predict.js';
+import { registerV2Routes } from './routes/v2/index.js';
 
 /**
  * Builds the Fastify app; never listens (main.ts does). The app owns the model registry and the metrics: models
@@ -24,6 +33,8 @@ import { registerPredictRoute } from './routes/predict.js';
 export interface Ocular {
   models: ModelRegistry;
   metrics: Metrics;
+  /** Re-reads the manifest and applies it without downtime (SIGHUP, file change); logs, never throws. */
+  reload(trigger: string): Promise<void>;
 }
 
 declare module 'fastify' {
@@ -51,24 +62,47 @@ export async function buildApp({ config, manifest, logger, onFatal }: BuildOptio
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     },
-    // Slow clients must not hold a connection for ever: whole request (headers and body) within this time.
-    requestTimeout: 60_000,
+    // Slow clients must not hold a connection for ever: headers within one limit, the whole request (headers and
+    // body) within another. Node checks them every connectionsCheckingInterval, so that is kept well under both.
+    requestTimeout: config.httpRequestTimeoutMs,
+    http: {
+      headersTimeout: Math.min(config.httpHeadersTimeoutMs, config.httpRequestTimeoutMs),
+      connectionsCheckingInterval: Math.max(100, Math.min(2_000, Math.floor(Math.min(config.httpHeadersTimeoutMs, config.httpRequestTimeoutMs) / 4))),
+    },
     connectionTimeout: 0,
     keepAliveTimeout: 65_000,
-    return503OnClosing: true,
+    // While closing, requests on open keep-alive connections still reach the routes, which answer in the catalog's
+    // format (predictions 503 DRAINING with Retry-After, /readyz 503); Fastify adds `Connection: close`.
+    return503OnClosing: false,
+    // Errors Fastify raises before routing (an undecodable URL, a path parameter over maxParamLength) answer in
+    // the catalog's format too, never Fastify's own (which echoes the URL and names FST_ codes).
+    frameworkErrors: (error, _request, reply) => {
+      const code = error.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'INVALID_PARAMETER' : 'INVALID_REQUEST';
+      for (const [name, value] of Object.entries(SECURITY_HEADERS)) void reply.header(name, value);
+      return sendError(reply, new OcularError(code));
+    },
   }) as unknown as FastifyInstance;
 
   const metrics = new Metrics();
   const models = new ModelRegistry({ manifest, config, logger, telemetry: metrics, onFatal });
   metrics.attach(models);
-  app.decorate('ocular', { models, metrics });
+  const parser = new InferParser();
+  app.decorate('ocular', { models, metrics, reload: (trigger: string) => reloadManifest(models, logger, trigger) });
   app.addHook('onClose', async () => {
     await models.close();
+    await parser.close();
   });
 
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   registerErrorHandling(app);
+  registerSecurityHeaders(app);
+  registerInFlight(app, models);
+  registerAuth(app, {
+    keyDigests: config.authKeysFile !== undefined ? await loadKeyDigests(config.authKeysFile) : [],
+    protectProbes: config.authProbes,
+    protectMetrics: config.authMetrics,
+  });
 
   app.addHook('onSend', async (request, reply) => {
     void reply.header('x-request-id', request.id);
@@ -109,7 +143,16 @@ export async function buildApp({ config, manifest, logger, onFatal }: BuildOptio
   registerMetricsRoute(app, metrics);
   registerModelRoutes(app, models);
   registerPredictRoute(app, { models, metrics, maxFiles: config.maxFiles, bodyLimitBytes: config.bodyLimitBytes });
+  await registerV2Routes(app, {
+    models,
+    metrics,
+    parser,
+    tensorBodyLimitBytes: config.tensorBodyLimitBytes,
+    serverVersion: '0.1.0',
+  });
+  registerManifestWatch(app, models, { intervalMs: config.manifestWatchMs, logger });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  if (config.playground) registerPlaygroundRoutes(app);
 
   return app;
 }

@@ -7,11 +7,15 @@
  *   clients retry elsewhere or later rather than treating it as a failure of the request itself;
  * - a body that is an image of a format we refuse is 415, an image we accept but cannot decode is 422;
  * - a client that went away gets no answer (there is nobody to answer) and is counted, not logged as an error.
+ * - a missing or wrong API key is 401 with the same message either way (nothing tells a guess apart from no key).
  */
 export const ERROR_CATALOG = {
   INVALID_REQUEST: { status: 400, message: 'the request is malformed' },
   INVALID_PARAMETER: { status: 400, message: 'a query parameter is invalid' },
+  UNAUTHORIZED: { status: 401, message: 'a valid API key is required' },
   MODEL_NOT_FOUND: { status: 404, message: 'no model with that name is served' },
+  /** A repository load that failed: 400 as Triton answers it, with the reason (the old version still serves). */
+  MODEL_LOAD_FAILED: { status: 400, message: 'the model failed to load' },
   NOT_FOUND: { status: 404, message: 'no such route' },
   BODY_TOO_LARGE: { status: 413, message: 'the request body is larger than the limit' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'the body is not an image format this server accepts' },

@@ -2,6 +2,7 @@
 import { pino, stdTimeFunctions } from 'pino';
 import { buildApp } from './app.js';
 import { ConfigError, helpText, parseConfig } from './config/config.js';
+import { AuthConfigError } from './plugins/auth.js';
 import { loadManifest } from './config/manifest.js';
 import { configureSharp } from './tasks/preprocess/image.js';
 
@@ -12,6 +13,9 @@ import { configureSharp } from './tasks/preprocess/image.js';
  */
 
 /** Fields that must never reach a log line. */
+/** On SIGTERM the listener stays open until no request has arrived for this long (and none is open). */
+const DRAIN_QUIET_MS = 300;
+
 export const REDACT = [
   'req.headers.authorization',
   'req.headers["x-api-key"]',
@@ -55,28 +59,64 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
-  const app = await buildApp({
-    config,
-    manifest,
-    logger,
-    onFatal: (err) => {
-      // The device is in an unknown state: exit non-zero so the orchestrator restarts the pod.
-      logger.fatal({ err }, 'fatal device error, exiting');
-      process.exit(71);
-    },
-  });
+  let app: Awaited<ReturnType<typeof buildApp>>;
+  try {
+    app = await buildApp({
+      config,
+      manifest,
+      logger,
+      onFatal: (err) => {
+        // The device is in an unknown state: exit non-zero so the orchestrator restarts the pod.
+        logger.fatal({ err }, 'fatal device error, exiting');
+        process.exit(71);
+      },
+    });
+  } catch (err) {
+    if (err instanceof AuthConfigError) {
+      logger.fatal({ err: { message: err.message } }, 'invalid API keys file');
+      process.exit(2);
+    }
+    throw err;
+  }
   let shuttingDown = false;
+  let forcing = false;
+  // A second signal, or the grace running out: every request still open is answered 503 DRAINING (none is left
+  // hanging or cut off), then the process exits 1.
+  const force = (why: string) => {
+    if (forcing) return;
+    forcing = true;
+    logger.error({ why, open: app.inFlight.open, graceMs: config.shutdownGraceMs }, 'forced shutdown: answering the remaining requests 503');
+    app.inFlight.answerAll(1000).then(
+      (answered) => {
+        logger.error({ answered }, 'exiting with work unfinished');
+        process.exit(1);
+      },
+      () => process.exit(1),
+    );
+  };
   const shutdown = (signal: string) => {
-    if (shuttingDown) return;
+    if (shuttingDown) {
+      force(`second ${signal}`);
+      return;
+    }
     shuttingDown = true;
     logger.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down: draining');
     app.ocular.models.startDraining();
     const timer = setTimeout(() => {
       logger.error({ graceMs: config.shutdownGraceMs }, 'shutdown grace expired, exiting with work unfinished');
-      process.exit(1);
+      force('grace expired');
     }, config.shutdownGraceMs);
     timer.unref();
-    app.close().then(
+    // Keep listening until accepted work is answered and arrivals have stopped, then close the listener: closing
+    // it at once would reset connections the kernel had already accepted but Node had not yet read.
+    const drainMs = Math.max(1000, config.shutdownGraceMs - 2000);
+    app.inFlight
+      .settle(DRAIN_QUIET_MS, drainMs)
+      .then((settled) => {
+        if (!settled) logger.warn({ open: app.inFlight.open, drainMs }, 'requests still open at the end of the drain');
+        return app.close();
+      })
+      .then(
       () => {
         logger.info({}, 'shut down');
         process.exit(0);
@@ -89,6 +129,10 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+  // Re-read the manifest: new and changed models are loaded beside the old versions, which keep serving.
+  process.on('SIGHUP', () => {
+    if (!shuttingDown) void app.ocular.reload('SIGHUP');
+  });
 
   await app.listen({ host: config.host, port: config.port });
   logger.info({ manifest: manifest.path, models: manifest.manifest.models.map((m) => m.name) }, 'loading models');

@@ -13,6 +13,12 @@ const ImageFormatSchema = z.enum(['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif'])
 
 const positiveInt = (max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().positive().max(max);
 const nonNegativeInt = () => z.coerce.number().int().min(0);
+/** On/off: true, false, 1, 0, on, off, yes, no (case-insensitive). */
+const onOff = () =>
+  z.preprocess(
+    (v) => (typeof v === 'string' ? v.trim().toLowerCase() : v),
+    z.enum(['true', 'false', '1', '0', 'on', 'off', 'yes', 'no']).transform((v) => ['true', '1', 'on', 'yes'].includes(v)),
+  );
 
 /** A comma-separated list, trimmed, empty entries dropped. */
 function list<T extends z.ZodType>(item: T) {
@@ -113,7 +119,7 @@ const OPTIONS = {
   intraOpThreads: {
     env: 'OCULAR_INTRA_OP_THREADS',
     flag: 'intra-op-threads',
-    help: 'onnxruntime intra-op threads per session (0 = number of cores)',
+    help: 'onnxruntime intra-op threads per session (0 = half the cores, at least 1; the rest decode images)',
     schema: nonNegativeInt().default(0),
   },
   corsOrigins: {
@@ -121,6 +127,66 @@ const OPTIONS = {
     flag: 'cors-origins',
     help: 'comma-separated origins allowed by CORS (empty: CORS off)',
     schema: list(z.string().min(1)).default([]),
+  },
+  playground: {
+    env: 'OCULAR_PLAYGROUND',
+    flag: 'playground',
+    help: 'serve the playground page at / (true or false): drop an image, see the answer drawn over it',
+    schema: onOff().default(true),
+  },
+  authKeysFile: {
+    env: 'OCULAR_AUTH_KEYS_FILE',
+    flag: 'auth-keys-file',
+    help: 'file of API keys, one per line (# comments; each at least 16 characters): when set, every route but the probes and /metrics needs "Authorization: Bearer <key>" or "X-API-Key: <key>"',
+    schema: z.string().min(1).optional(),
+  },
+  authProbes: {
+    env: 'OCULAR_AUTH_PROBES',
+    flag: 'auth-probes',
+    help: 'with an API key file, /healthz and /readyz need a key too',
+    schema: onOff().default(false),
+  },
+  authMetrics: {
+    env: 'OCULAR_AUTH_METRICS',
+    flag: 'auth-metrics',
+    help: 'with an API key file, /metrics needs a key too',
+    schema: onOff().default(false),
+  },
+  sourceCaFile: {
+    env: 'OCULAR_SOURCE_CA_FILE',
+    flag: 'source-ca-file',
+    help: 'PEM file of extra CA certificates trusted when downloading https:// model sources',
+    schema: z.string().min(1).optional(),
+  },
+  downloadStallMs: {
+    env: 'OCULAR_DOWNLOAD_STALL_MS',
+    flag: 'download-stall-ms',
+    help: 'a model download that receives nothing for this long fails',
+    schema: positiveInt().default(30_000),
+  },
+  httpRequestTimeoutMs: {
+    env: 'OCULAR_HTTP_REQUEST_TIMEOUT_MS',
+    flag: 'http-request-timeout-ms',
+    help: 'most time a client may take to send a whole request, headers and body; slower clients are cut off',
+    schema: positiveInt().default(60_000),
+  },
+  httpHeadersTimeoutMs: {
+    env: 'OCULAR_HTTP_HEADERS_TIMEOUT_MS',
+    flag: 'http-headers-timeout-ms',
+    help: 'most time a client may take to send the request headers (at most the request timeout)',
+    schema: positiveInt().default(10_000),
+  },
+  tensorBodyLimitBytes: {
+    env: 'OCULAR_TENSOR_BODY_LIMIT_BYTES',
+    flag: 'tensor-body-limit-bytes',
+    help: 'largest v2 inference request body (JSON tensors and binary data); large JSON is parsed off the main thread',
+    schema: positiveInt().default(256 * 1024 * 1024),
+  },
+  manifestWatchMs: {
+    env: 'OCULAR_MANIFEST_WATCH_MS',
+    flag: 'manifest-watch-ms',
+    help: 'how often the manifest file is checked for changes, which are then applied without downtime (0 = never; SIGHUP always works)',
+    schema: nonNegativeInt().default(2000),
   },
   sharedDir: {
     env: 'OCULAR_SHARED_DIR',
@@ -190,9 +256,14 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
   return { config: out as Config, warnings, help: flags['help'] === true };
 }
 
-/** Resolved onnxruntime intra-op thread count. */
+/**
+ * Resolved onnxruntime intra-op thread count. The default (0) is half the cores, at least 1: decoding and resizing
+ * (sharp, on libuv's threads) cost about twice what inference does per image on the CPU (docs/PERFORMANCE.md), so
+ * giving onnxruntime every core oversubscribes them; on 2 cores, 1 thread cut CPU per request by about 10 % against
+ * 2 non-spinning threads and 30 % against 2 spinning ones.
+ */
 export function intraOpThreadsOf(config: Pick<Config, 'intraOpThreads'>): number {
-  return config.intraOpThreads > 0 ? config.intraOpThreads : availableParallelism();
+  return config.intraOpThreads > 0 ? config.intraOpThreads : Math.max(1, Math.floor(availableParallelism() / 2));
 }
 
 export function helpText(): string {

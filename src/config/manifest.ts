@@ -125,7 +125,25 @@ const OcrSchema = z.strictObject({
   options: OcrOptionsSchema.default(OcrOptionsSchema.parse({})),
 });
 
-export const ModelEntrySchema = z.discriminatedUnion('task', [ClassificationSchema, DetectionSchema, OcrSchema]);
+/**
+ * A model served as raw tensors, with no pre- or post-processing: reachable through the v2 (Open Inference
+ * Protocol) API only. `warmupShapes` gives the shape of each input for the warm-up run where the model's own
+ * dims are dynamic beyond the batch (a dynamic batch dim is warmed up at 1 and at maxBatchSize).
+ */
+const TensorSchema = z.strictObject({
+  name: NameSchema,
+  version: z.string().min(1).max(64).default('1'),
+  task: z.literal('tensor'),
+  source: StageFields.source,
+  sha256: StageFields.sha256,
+  maxDownloadBytes: StageFields.maxDownloadBytes,
+  batching: StageFields.batching,
+  instances: StageFields.instances,
+  providers: StageFields.providers,
+  warmupShapes: z.record(z.string(), z.array(z.number().int().positive()).min(1).max(16)).optional(),
+});
+
+export const ModelEntrySchema = z.discriminatedUnion('task', [ClassificationSchema, DetectionSchema, OcrSchema, TensorSchema]);
 
 export const ManifestSchema = z
   .strictObject({
@@ -154,6 +172,7 @@ export type ModelEntry = z.infer<typeof ModelEntrySchema>;
 export type ClassificationEntry = z.infer<typeof ClassificationSchema>;
 export type DetectionEntry = z.infer<typeof DetectionSchema>;
 export type OcrEntry = z.infer<typeof OcrSchema>;
+export type TensorEntry = z.infer<typeof TensorSchema>;
 export type Batching = z.infer<typeof BatchingSchema>;
 export type StageEntry = Pick<
   ClassificationEntry,

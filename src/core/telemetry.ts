@@ -7,6 +7,10 @@ export interface Telemetry {
   batch(model: string, stage: string, size: number, inferenceSeconds: number): void;
   /** A model (all its stages) finished loading. */
   modelLoaded(model: string, version: string, provider: string, seconds: number): void;
+  /** A model failed to load (its old version, if any, still serves). */
+  modelLoadFailed?(model: string): void;
+  /** A model stopped being served. */
+  modelUnloaded?(model: string): void;
 }
 
 export const noopTelemetry: Telemetry = {

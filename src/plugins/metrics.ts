@@ -72,6 +72,14 @@ export class Metrics implements Telemetry {
     labelNames: ['model', 'version', 'provider'] as const,
     registers: [this.registry],
   });
+  readonly modelLoads = new Counter({
+    name: 'ocular_model_loads_total',
+    help: 'Model loads (startup, repository API, manifest reload), by model and result (success, failure).',
+    labelNames: ['model', 'result'] as const,
+    registers: [this.registry],
+  });
+  /** The modelInfo labels of each model's serving version, so a new version replaces them. */
+  private readonly infoLabels = new Map<string, { model: string; version: string; provider: string }>();
   readonly modelLoadDuration = new Gauge({
     name: 'ocular_model_load_duration_seconds',
     help: 'Time the last load of a model took: fetch, verify, session creation, checks and warm-up.',
@@ -81,6 +89,7 @@ export class Metrics implements Telemetry {
 
   constructor() {
     const models = () => this.models?.list() ?? [];
+    const sessions = () => this.models?.sessionCount ?? 0;
     new Gauge({
       name: 'ocular_queue_depth',
       help: 'Requests waiting in a model queue (not yet running).',
@@ -88,6 +97,14 @@ export class Metrics implements Telemetry {
       registers: [this.registry],
       collect() {
         for (const m of models()) this.set({ model: m.name }, m.depth);
+      },
+    });
+    new Gauge({
+      name: 'ocular_sessions',
+      help: 'onnxruntime sessions (one per worker thread) not yet closed, old versions being retired included.',
+      registers: [this.registry],
+      collect() {
+        this.set(sessions());
       },
     });
     collectDefaultMetrics({ register: this.registry });
@@ -109,8 +126,22 @@ export class Metrics implements Telemetry {
   }
 
   modelLoaded(model: string, version: string, provider: string, seconds: number): void {
+    const old = this.infoLabels.get(model);
+    if (old !== undefined) this.modelInfo.remove(old);
+    this.infoLabels.set(model, { model, version, provider });
+    this.modelLoads.inc({ model, result: 'success' });
     this.modelInfo.set({ model, version, provider }, 1);
     this.modelLoadDuration.set({ model }, seconds);
+  }
+
+  modelLoadFailed(model: string): void {
+    this.modelLoads.inc({ model, result: 'failure' });
+  }
+
+  modelUnloaded(model: string): void {
+    const old = this.infoLabels.get(model);
+    if (old !== undefined) this.modelInfo.remove(old);
+    this.infoLabels.delete(model);
   }
 
   observeRequest(model: string, status: number, errorCode: string, totalSeconds: number, timings: Timings | undefined): void {

@@ -52,6 +52,13 @@ function clientSignal(request: FastifyRequest, reply: FastifyReply): AbortSignal
 
 export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOptions): void {
   const { models, metrics } = opts;
+  // Requests whose handler ran: the handler counts their drops; a client that leaves mid-upload of a raw body
+  // never reaches it, and is counted by onRequestAbort instead (once either way).
+  const handled = new WeakSet<FastifyRequest>();
+  // Admission: a model takes at most its queue bound plus what its workers run at once (decoding included);
+  // past that a request is refused 503 QUEUE_FULL before its image is decoded, so overload costs microseconds
+  // per refusal instead of a decode and a wait, and memory stays bounded.
+  const admitted = new Map<string, number>();
 
   app.withTypeProvider<ZodTypeProvider>().post(
     '/v1/models/:name/predict',
@@ -71,8 +78,16 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
           503: ErrorBodySchema,
         },
       },
+      onRequestAbort: async (request) => {
+        if (handled.has(request)) return;
+        const label = models.has(request.params.name) ? request.params.name : UNKNOWN_MODEL;
+        if (label !== UNKNOWN_MODEL) metrics.dropRequest(label, 'client_closed');
+        metrics.observeRequest(label, 499, 'CLIENT_CLOSED_REQUEST', 0, undefined);
+        request.log.info({ model: label }, 'client went away during upload, request dropped');
+      },
     },
     async (request, reply) => {
+      handled.add(request);
       const started = performance.now();
       const name = request.params.name;
       const label = models.has(name) ? name : UNKNOWN_MODEL;
@@ -82,6 +97,14 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
         metrics.observeRequest(label, status, code, (performance.now() - started) / 1000, timings);
       try {
         const model = models.acquire(name);
+        // The lease on this version ends with the response (sent, or the connection gone): see ModelRegistry.
+        reply.raw.once('close', () => models.release(model));
+        const first = model.stages[0];
+        const limit = first !== undefined ? first.batching.maxQueueSize + first.maxBatchSize * first.pool.instances : Infinity;
+        const current = admitted.get(model.name) ?? 0;
+        if (current >= limit) throw new OcularError('QUEUE_FULL', `model ${model.name} has ${current} requests in progress, its limit`);
+        admitted.set(model.name, current + 1);
+        reply.raw.once('close', () => admitted.set(model.name, (admitted.get(model.name) ?? 1) - 1));
         const query = Object.fromEntries(Object.entries(request.query).filter(([, v]) => v !== undefined));
         const params = parseParams(model.pipeline.paramsSchema, query);
         const base = { model: model.name, version: model.version };
@@ -107,12 +130,15 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
           const result = await model.pipeline.predict(image, params, { signal, timings });
           body = { ...base, ...result } as z.output<typeof PredictResultSchema>;
         }
+        // The client left while its batch ran (work that could not be skipped): nobody to answer, count the drop.
+        if (signal.aborted) throw new OcularError('CLIENT_CLOSED_REQUEST');
         const totalMs = performance.now() - started;
         void reply.header('server-timing', serverTiming(timings, totalMs));
         observe(200, '');
         return body;
       } catch (error) {
-        const err = toOcularError(error);
+        // Whatever failed after the client left (a multipart stream cut mid-upload, a batch), it is a drop.
+        const err = signal.aborted ? new OcularError('CLIENT_CLOSED_REQUEST', undefined, { cause: error }) : toOcularError(error);
         const drop = DROP_REASONS[err.code];
         if (drop !== undefined && label !== UNKNOWN_MODEL) metrics.dropRequest(label, drop);
         observe(err.status, err.code);
@@ -130,10 +156,18 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
 /** Reads every file part into memory (the multipart plugin enforces the file count and size limits). */
 async function readFiles(request: FastifyRequest, maxFiles: number): Promise<Buffer[]> {
   const files: Buffer[] = [];
-  for await (const part of request.parts()) {
-    if (part.type !== 'file') continue;
-    if (files.length >= maxFiles) throw new OcularError('TOO_MANY_FILES', `at most ${maxFiles} files per request`);
-    files.push(await part.toBuffer());
+  try {
+    for await (const part of request.parts()) {
+      if (part.type !== 'file') continue;
+      if (files.length >= maxFiles) throw new OcularError('TOO_MANY_FILES', `at most ${maxFiles} files per request`);
+      files.push(await part.toBuffer());
+    }
+  } catch (err) {
+    // The plugin's own limits carry FST_ codes (mapped by the error plugin); anything else the multipart parser
+    // throws (no boundary, a body cut short, a broken part header) is the client's malformed body, not a 500.
+    const code = (err as { code?: unknown }).code;
+    if (err instanceof OcularError || (typeof code === 'string' && code.startsWith('FST_'))) throw err;
+    throw new OcularError('INVALID_REQUEST', 'the multipart body is malformed', { cause: err });
   }
   if (files.length === 0) throw new OcularError('NO_FILE');
   return files;

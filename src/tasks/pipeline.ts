@@ -37,6 +37,8 @@ export interface TaskPipeline {
 
 export interface StageRequest {
   shapePolicy: StageOptions['shapePolicy'];
+  /** Dims of the profiled warm-up run of the stage's first input; default the input spec's nominal size at batch 1. */
+  warmupDims?: number[];
 }
 
 export interface PipelineDeps {
@@ -65,11 +67,22 @@ export function greyPixels(width: number, height: number): PreparedPixels {
   return { pixels: new Uint8Array(width * height * 3).fill(128), width, height };
 }
 
-/** Warm-up of one stage: a batch of 1, then a full batch, at the nominal size. */
-export async function warmupStage(stage: Stage, spec: InputSpec, policy: StageOptions['shapePolicy']): Promise<void> {
+/**
+ * Warm-up of one stage: a batch of 1, then a full batch, at the nominal size. `fullBatchWidth` narrows the full
+ * batch: the OCR recognizer's nominal width is its widest crop (960), and 16 of those cost about 2.4 s of CPU on
+ * the CPU provider, most of the default manifest's time to ready, for no more warming than narrower crops give.
+ */
+export async function warmupStage(
+  stage: Stage,
+  spec: InputSpec,
+  policy: StageOptions['shapePolicy'],
+  fullBatchWidth = spec.width,
+): Promise<void> {
   const item = greyPixels(spec.width, spec.height);
   await stage.runDirect([item], policy);
-  if (stage.maxBatchSize > 1) await stage.runDirect(Array.from({ length: stage.maxBatchSize }, () => item), policy);
+  if (stage.maxBatchSize <= 1) return;
+  const full = fullBatchWidth === spec.width ? item : greyPixels(Math.min(spec.width, fullBatchWidth), spec.height);
+  await stage.runDirect(Array.from({ length: stage.maxBatchSize }, () => full), policy);
 }
 
 export function shapePolicyOf(spec: InputSpec): StageOptions['shapePolicy'] {

@@ -33,6 +33,7 @@ t.test('an empty environment gives the documented defaults', async (t) => {
   t.equal(config.requestTimeoutMs, 10_000);
   t.equal(config.intraOpThreads, 0);
   t.same(config.corsOrigins, []);
+  t.equal(config.playground, true);
   t.equal(config.sharedDir, '../shared');
   t.same(warnings, []);
   t.equal(help, false);
@@ -111,6 +112,15 @@ t.test('OCULAR_CORS_ORIGINS is a comma-separated list', async (t) => {
     ['https://a.example', 'https://b.example'],
   );
   t.same(parseConfig({ OCULAR_CORS_ORIGINS: 'https://only.example' }, []).config.corsOrigins, ['https://only.example']);
+});
+
+t.test('OCULAR_PLAYGROUND is on or off, and anything else is an error naming it', async (t) => {
+  for (const on of ['true', 'TRUE', '1', 'on', 'yes']) t.equal(parseConfig({ OCULAR_PLAYGROUND: on }, []).config.playground, true, on);
+  for (const off of ['false', 'False', '0', 'off', 'no', ' off ']) {
+    t.equal(parseConfig({ OCULAR_PLAYGROUND: off }, []).config.playground, false, off);
+  }
+  t.equal(parseConfig({ OCULAR_PLAYGROUND: 'true' }, ['--playground', 'false']).config.playground, false, 'the flag wins');
+  t.match(configErrorOf(t, { OCULAR_PLAYGROUND: 'maybe' })?.message, /OCULAR_PLAYGROUND="maybe"/);
 });
 
 t.test('CLI flags win over environment variables', async (t) => {
@@ -281,6 +291,16 @@ t.test('the README table rows cover every option, with defaults', async (t) => {
     ['OCULAR_REQUEST_TIMEOUT_MS', '--request-timeout-ms', '10000'],
     ['OCULAR_INTRA_OP_THREADS', '--intra-op-threads', '0'],
     ['OCULAR_CORS_ORIGINS', '--cors-origins', 'none'],
+    ['OCULAR_PLAYGROUND', '--playground', 'true'],
+    ['OCULAR_AUTH_KEYS_FILE', '--auth-keys-file', ''],
+    ['OCULAR_AUTH_PROBES', '--auth-probes', 'false'],
+    ['OCULAR_AUTH_METRICS', '--auth-metrics', 'false'],
+    ['OCULAR_SOURCE_CA_FILE', '--source-ca-file', ''],
+    ['OCULAR_DOWNLOAD_STALL_MS', '--download-stall-ms', '30000'],
+    ['OCULAR_HTTP_REQUEST_TIMEOUT_MS', '--http-request-timeout-ms', '60000'],
+    ['OCULAR_HTTP_HEADERS_TIMEOUT_MS', '--http-headers-timeout-ms', '10000'],
+    ['OCULAR_TENSOR_BODY_LIMIT_BYTES', '--tensor-body-limit-bytes', String(256 * 1024 * 1024)],
+    ['OCULAR_MANIFEST_WATCH_MS', '--manifest-watch-ms', '2000'],
     ['OCULAR_SHARED_DIR', '--shared-dir', '../shared'],
   ];
   t.equal(rows.length, expected.length, 'one row per option');

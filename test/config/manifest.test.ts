@@ -78,7 +78,7 @@ t.test('models.manifest.json parses, with defaults applied', async (t) => {
 t.test('the shared-models fixture manifest parses, with defaults applied', async (t) => {
   const loaded = await loadManifest(join(projectRoot, 'test', 'fixtures', 'shared.manifest.json'));
   const names = loaded.manifest.models.map((m) => m.name);
-  t.same(names, ['mobilenetv2', 'yolox-nano', 'ultraface', 'ocr']);
+  t.same(names, ['mobilenetv2', 'yolox-nano', 'ultraface', 'ocr', 'ocr-det', 'ocr-rec', 'deeplabv3']);
   const [mobilenet, yolox, ultraface] = loaded.manifest.models;
   t.equal(mobilenet?.task, 'image-classification');
   if (mobilenet?.task === 'image-classification') {

@@ -26,7 +26,7 @@ import { Worker } from 'node:worker_threads';
 import { OcularError } from '../../errors.js';
 import type { NormalizeParams } from '../../tasks/preprocess/normalize.js';
 import type { Outputs, PreparedPixels, ProviderName, TensorMeta } from '../types.js';
-import type { FeedData, FeedTensor, FromWorker, SlotItem, ToWorker, WorkerInit } from './worker.js';
+import type { FeedData, FeedTensor, FromWorker, SlotItem, ToWorker, WorkerFault, WorkerInit } from './worker.js';
 
 export interface PoolLogger {
   info(obj: object, msg: string): void;
@@ -97,6 +97,11 @@ export interface SessionPool {
   runImages(batch: ImageBatch): Promise<Outputs>;
   runTensors(feeds: TensorFeeds): Promise<Outputs>;
   hold(): PoolHold;
+  /**
+   * Test hook: the next run dispatched to a worker fails as if session.run threw ('throw'), or its worker thread
+   * ends in the middle of it ('exit'). Reachable from code only; nothing in configuration or requests sets it.
+   */
+  injectFault(kind: WorkerFault): void;
   /** Waits for queued and in-flight runs, then releases the sessions and ends the workers. Idempotent. */
   close(): Promise<void>;
 }
@@ -224,6 +229,7 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
   let closing = false;
   let closed: Promise<void> | undefined;
   let onDrained: (() => void) | undefined;
+  let pendingFault: WorkerFault | undefined;
   // Every worker after the first asks for the provider the first one got, so a fallback is decided (and logged)
   // once, not once per instance.
   let init = baseInit;
@@ -242,7 +248,9 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
       const job = queue.shift() as Job;
       const id = nextId++;
       handle.job = { id, job };
-      handle.worker.postMessage({ ...job.request, id } as ToWorker);
+      const fault = job.request.type !== 'hold' ? pendingFault : undefined;
+      if (fault !== undefined) pendingFault = undefined;
+      handle.worker.postMessage({ ...job.request, id, ...(fault !== undefined && { fault }) } as ToWorker);
     }
   };
 
@@ -479,6 +487,10 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
         Atomics.notify(flag, 0);
       };
       return { entered: enteredPromise, done, release: () => wake(1), crash: () => wake(2) };
+    },
+
+    injectFault(kind: WorkerFault): void {
+      pendingFault = kind;
     },
 
     close(): Promise<void> {

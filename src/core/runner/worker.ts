@@ -61,8 +61,10 @@ export type ToWorker =
       tensorHeight: number;
       tensorWidth: number;
       padValue: number;
+      /** Test hook (SessionPool.injectFault): this run throws, or ends the thread, instead of running. */
+      fault?: WorkerFault;
     }
-  | { type: 'runTensors'; id: number; feeds: Record<string, FeedTensor> }
+  | { type: 'runTensors'; id: number; feeds: Record<string, FeedTensor>; fault?: WorkerFault }
   /** flag: Int32 at index 0; the worker blocks until it is non-zero (1: answer, 2: crash). */
   | { type: 'hold'; id: number; flag: SharedArrayBuffer }
   | { type: 'crash'; code?: number }
@@ -85,6 +87,9 @@ export type FromWorker =
   | { type: 'error'; id: number; message: string }
   | { type: 'held'; id: number }
   | { type: 'closed' };
+
+/** Injected faults (tests only): 'throw' fails one run as a session error would; 'exit' ends the thread mid-run. */
+export type WorkerFault = 'throw' | 'exit';
 
 /** Exit code of a worker ended by the `crash` test hook. */
 export const CRASH_EXIT_CODE = 70;
@@ -142,16 +147,8 @@ function zerosFor(type: string, dims: readonly number[]): Tensor {
   }
 }
 
-/**
- * Node counts per provider from ONE profiled run, on a separate short-lived session (profiling a serving session
- * would trace every run). The trace goes to a private temporary directory, removed afterwards.
- */
-async function profileNodeCounts(
-  init: WorkerInit,
-  provider: ProviderName,
-  inputName: string,
-  inputs: readonly TensorMeta[],
-): Promise<Record<string, number>> {
+/** Zero feeds of the profiled run's shape: `warmupDims` for the image input, else each input's fixed shape. */
+function profileFeeds(init: WorkerInit, inputName: string, inputs: readonly TensorMeta[]): Record<string, Tensor> {
   const feeds: Record<string, Tensor> = {};
   for (const input of inputs) {
     let dims: number[];
@@ -164,33 +161,24 @@ async function profileNodeCounts(
     }
     feeds[input.name] = zerosFor(input.type, dims);
   }
-  const dir = await mkdtemp(join(tmpdir(), 'ocular-profile-'));
-  try {
-    const { session } = await createSessionWithFallback(ort, init.modelPath, {
-      providers: [provider],
-      fallbackToCpu: false,
-      gpuDeviceId: init.gpuDeviceId,
-      intraOpNumThreads: init.intraOpNumThreads,
-      interOpNumThreads: init.interOpNumThreads,
-      enableProfiling: true,
-      profileFilePrefix: join(dir, 'profile'),
-    });
-    try {
-      await session.run(feeds);
-      session.endProfiling();
-    } finally {
-      await session.release();
-    }
-    const files = (await readdir(dir)).filter((f) => f.endsWith('.json'));
-    const counts: Record<string, number> = {};
-    for (const file of files) {
-      const trace: unknown = JSON.parse(await readFile(join(dir, file), 'utf8'));
-      for (const [p, n] of Object.entries(countNodesPerProvider(trace))) counts[p] = (counts[p] ?? 0) + n;
-    }
-    return counts;
-  } finally {
-    await rm(dir, { recursive: true, force: true });
+  return feeds;
+}
+
+/**
+ * Node counts per provider from ONE profiled run of the serving session itself, created with profiling on:
+ * endProfiling() stops the tracing for good (later runs are not traced: checked with onnxruntime-node 1.30), so
+ * no second session is created just to count. The trace lives in `dir`, which the caller removes.
+ */
+async function profileNodeCounts(session: InferenceSession, feeds: Record<string, Tensor>, dir: string): Promise<Record<string, number>> {
+  await session.run(feeds);
+  session.endProfiling();
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.json'));
+  const counts: Record<string, number> = {};
+  for (const file of files) {
+    const trace: unknown = JSON.parse(await readFile(join(dir, file), 'utf8'));
+    for (const [p, n] of Object.entries(countNodesPerProvider(trace))) counts[p] = (counts[p] ?? 0) + n;
   }
+  return counts;
 }
 
 function float32Of(tensor: Tensor): Float32Array {
@@ -237,13 +225,18 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
 
   let session: InferenceSession;
   let inputName: string;
+  const profileDir = init.profile ? await mkdtemp(join(tmpdir(), 'ocular-profile-')) : undefined;
   try {
     const created = await createSessionWithFallback(ort, init.modelPath, {
+      ...(profileDir !== undefined && { enableProfiling: true, profileFilePrefix: join(profileDir, 'profile') }),
       providers: init.providers,
       fallbackToCpu: init.fallbackToCpu,
       gpuDeviceId: init.gpuDeviceId,
       intraOpNumThreads: init.intraOpNumThreads,
       interOpNumThreads: init.interOpNumThreads,
+      // Idle intra-op threads sleep instead of spinning: the spinning burns CPU that image decoding on the other
+      // threads needs (on 2 busy cores, 19-22 ms of CPU per request spinning against 13-16 not; docs/PERFORMANCE.md).
+      allowSpinning: false,
     });
     session = created.session;
     inputName = init.inputName ?? session.inputNames[0] ?? '';
@@ -254,11 +247,14 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
     const outputs = session.outputMetadata.map(tensorMetaOf);
     let nodeCounts: Record<string, number> = {};
     let profileError: string | undefined;
-    if (init.profile) {
+    if (profileDir !== undefined) {
       try {
-        nodeCounts = await profileNodeCounts(init, created.provider, inputName, inputs);
+        nodeCounts = await profileNodeCounts(session, profileFeeds(init, inputName, inputs), profileDir);
       } catch (err) {
         profileError = messageOf(err);
+        session.endProfiling(); // whatever failed, this session must not go on tracing
+      } finally {
+        await rm(profileDir, { recursive: true, force: true });
       }
     }
     post({
@@ -272,6 +268,7 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
       ...(profileError !== undefined && { profileError }),
     });
   } catch (err) {
+    if (profileDir !== undefined) await rm(profileDir, { recursive: true, force: true });
     post({ type: 'initError', message: messageOf(err) });
     port.close(); // nothing left to do: the thread ends once the message is out
     return;
@@ -310,7 +307,9 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
     switch (msg.type) {
       case 'run':
       case 'runTensors':
+        if (msg.fault === 'exit') crash();
         try {
+          if (msg.fault === 'throw') throw new Error('injected fault: the session failed on this batch');
           const results = msg.type === 'run' ? await runImages(msg) : await runTensors(msg.feeds);
           const { outputs, transfer } = collectOutputs(results);
           post({ type: 'result', id: msg.id, outputs }, transfer);

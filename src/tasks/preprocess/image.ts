@@ -246,7 +246,23 @@ type ResizePlan =
       outHeight: number;
       padValue: number;
     }
-  | { kind: 'outside-crop'; side: number; outWidth: number; outHeight: number };
+  | {
+      kind: 'outside-crop';
+      side: number;
+      outWidth: number;
+      outHeight: number;
+      /** For extreme aspect ratios only: the centre of the upright image that is resized (see MAX_OUTSIDE_ASPECT). */
+      preCrop?: { left: number; top: number; width: number; height: number };
+    };
+
+/**
+ * The outside resize of shorter-side-center-crop scales the shorter side to `side`, so its longer side grows with the
+ * aspect ratio: a 10000x1 PNG of a hundred bytes would become a 2,560,000 x 256 intermediate (about 2 GB and half a
+ * minute of CPU) for a 224 x 224 crop. Past this ratio the longer side is first cut, centred, to this many times the
+ * shorter: the centre crop taken afterwards lies inside it, so the answer is the same up to sub-pixel rounding.
+ * Photos (within 4:1) never take this path, so their tensors stay those of the reference pipeline.
+ */
+export const MAX_OUTSIDE_ASPECT = 4;
 
 function planResize(spec: InputSpec, width: number, height: number): ResizePlan {
   const resize = spec.resize;
@@ -278,7 +294,23 @@ function planResize(spec: InputSpec, width: number, height: number): ResizePlan 
           `shorterSide ${resize.shorterSide} is smaller than the ${spec.width}x${spec.height} crop of the input spec`,
         );
       }
-      return { kind: 'outside-crop', side: resize.shorterSide, outWidth: spec.width, outHeight: spec.height };
+      {
+        const short = Math.min(width, height);
+        const cap = Math.max(1, Math.ceil(short * MAX_OUTSIDE_ASPECT));
+        const cw = Math.min(width, cap);
+        const ch = Math.min(height, cap);
+        const preCrop =
+          cw < width || ch < height
+            ? { left: Math.floor((width - cw) / 2), top: Math.floor((height - ch) / 2), width: cw, height: ch }
+            : undefined;
+        return {
+          kind: 'outside-crop',
+          side: resize.shorterSide,
+          outWidth: spec.width,
+          outHeight: spec.height,
+          ...(preCrop !== undefined && { preCrop }),
+        };
+      }
   }
 }
 
@@ -300,7 +332,12 @@ function applyPlan(pipeline: Sharp, plan: ResizePlan, kernel: InputSpec['kernel'
       // As the mobilenet README (torchvision convention): shorter side to `side`, the longer side as sharp
       // rounds it; the centre crop is done on the raw pixels (see finish), so its offsets come from the size
       // sharp actually produced, shrink-on-load included.
-      return pipeline.resize({ width: plan.side, height: plan.side, fit: 'outside', kernel });
+      return (plan.preCrop !== undefined ? pipeline.extract(plan.preCrop) : pipeline).resize({
+        width: plan.side,
+        height: plan.side,
+        fit: 'outside',
+        kernel,
+      });
   }
 }
 
@@ -356,10 +393,11 @@ async function runPlan(
       if (left < 0 || top < 0) {
         throw new OcularError('INTERNAL', `resize gave ${info.width}x${info.height}, smaller than the crop`);
       }
-      transform.scaleX = info.width / width;
-      transform.scaleY = info.height / height;
-      transform.offsetX = -left;
-      transform.offsetY = -top;
+      const pre = plan.preCrop ?? { left: 0, top: 0, width, height };
+      transform.scaleX = info.width / pre.width;
+      transform.scaleY = info.height / pre.height;
+      transform.offsetX = -left - pre.left * transform.scaleX;
+      transform.offsetY = -top - pre.top * transform.scaleY;
       const pixels = cropRgb(data, info.width, left, top, plan.outWidth, plan.outHeight);
       return { pixels, width: plan.outWidth, height: plan.outHeight, transform };
     }

@@ -1,0 +1,483 @@
+/**
+ * The benchmark of issue #4: Ocular against the in-process loop (Ocular's own preprocessing and runner, no HTTP)
+ * and against the hand-written handler (scripts/naive-handler.ts), on one machine, in one run, with the same
+ * photos, model (mobilenetv2-12-int8) and thread settings, measured as interleaved rounds (the order rotates each
+ * round) so that a noisy neighbour hits every contender alike; medians with min and max. Then: /healthz latency
+ * while saturated, open-loop latency at 60 % of Ocular's capacity, time to ready for the default manifest, RSS
+ * after N and 10N requests, yolox-nano dynamic batching against batch 1, and preprocessing cost per image against
+ * sharp's own decode + resize. Prints a Markdown report (every ratio against its target) and writes it, with the
+ * raw numbers as JSON, to --out.
+ *
+ *   npm run bench                 # full run, about 8-9 minutes on 2 cores
+ *   npm run bench -- --quick      # smoke run, about 2 minutes
+ *   npm run bench -- --help
+ *
+ * Needs the shared models and photos ($OCULAR_SHARED_DIR, default ../shared) and a build (dist/), which it makes
+ * when missing or older than src/. All traffic goes to 127.0.0.1. Thread settings apply to every contender:
+ * --intra-op-threads, and UV_THREADPOOL_SIZE / MALLOC_ARENA_MAX from the environment, passed through.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import sharp from 'sharp';
+import { intraOpThreadsOf } from '../src/config/config.js';
+import { parseManifest } from '../src/config/manifest.js';
+import { normalizeInto, normalizeParamsOf } from '../src/tasks/preprocess/normalize.js';
+import { configureSharp, prepareImage } from '../src/tasks/preprocess/image.js';
+import { closedLoop, openLoop, predictPath, probeLatency, type LoadResult, type LoadTarget } from './lib/load.js';
+import { loadPhotos, prepareBody, type Photo } from './lib/photos.js';
+import { diffMetrics, scrapeMetrics, type ServerSplit } from './lib/prom.js';
+import { cpuSecondsOf, freePort, runJson, startServer, type RunningServer } from './lib/server.js';
+import { fmt, fmtSpread, spread, type LatencySummary, type Spread } from './lib/stats.js';
+
+const HELP = `npm run bench -- [options]
+
+Options
+  --quick               smoke run: 2 rounds, short runs, small RSS counts (about 2 minutes)
+  --rounds N            interleaved rounds (default 5; at least 5 for figures that count)
+  --duration S          seconds per saturated run (default 10)
+  --c1-duration S       seconds per single-connection run (default 5)
+  --open-duration S     seconds of the open-loop run (default 20)
+  --rss-requests A,B    requests before the two RSS readings (default 2000,20000)
+  --rss-seconds S       time limit of the RSS part (default 240): the second reading is taken then at the latest
+  --yolox-rounds N      rounds of the yolox-nano batching comparison (default 2)
+  --intra-op-threads N  onnxruntime intra-op threads for every contender (default: Ocular's default)
+  --skip LIST           parts to skip, comma-separated: prep,ready,yolox,rss,open
+  --out PATH            report path without extension (default .cache/bench/bench): PATH.md and PATH.json
+  -h, --help            this text
+`;
+
+const root = resolve(import.meta.dirname, '..');
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    rounds: { type: 'string' },
+    duration: { type: 'string' },
+    'c1-duration': { type: 'string' },
+    'open-duration': { type: 'string' },
+    'rss-requests': { type: 'string' },
+    'rss-seconds': { type: 'string' },
+    'yolox-rounds': { type: 'string' },
+    'intra-op-threads': { type: 'string', default: '0' },
+    skip: { type: 'string', default: '' },
+    out: { type: 'string', default: join(root, '.cache/bench/bench') },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+});
+if (values.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
+const quick = values.quick;
+const opt = {
+  rounds: Number(values.rounds ?? (quick ? 2 : 5)),
+  durationS: Number(values.duration ?? (quick ? 4 : 10)),
+  c1DurationS: Number(values['c1-duration'] ?? (quick ? 3 : 5)),
+  openDurationS: Number(values['open-duration'] ?? (quick ? 6 : 20)),
+  rss: (values['rss-requests'] ?? (quick ? '300,1500' : '2000,20000')).split(',').map(Number) as [number, number],
+  rssSeconds: Number(values['rss-seconds'] ?? (quick ? 60 : 240)),
+  yoloxRounds: Number(values['yolox-rounds'] ?? (quick ? 1 : 2)),
+  intraOp: Number(values['intra-op-threads']),
+  skip: new Set(values.skip.split(',').filter((s) => s.length > 0)),
+};
+const log = (msg: string): void => void process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Inputs: photos, manifests, a fresh build.
+
+const sharedDir = resolve(root, process.env['OCULAR_SHARED_DIR'] ?? '../shared');
+const photos = loadPhotos(join(sharedDir, 'images'));
+const rawBodies = photos.map((p) => prepareBody(p, 'raw'));
+const workDir = resolve(`${values.out}.work`);
+mkdirSync(workDir, { recursive: true });
+
+const fixture = join(root, 'test/fixtures/shared.manifest.json');
+const fixtureJson = JSON.parse(readFileSync(fixture, 'utf8')) as { models: Record<string, unknown>[] };
+/** A manifest with one model of the shared fixture, paths made absolute, batching overridden. */
+function manifestWith(name: string, batching: Record<string, number>): string {
+  const entry = fixtureJson.models.find((m) => m['name'] === name);
+  if (entry === undefined) throw new Error(`${name} is not in ${fixture}`);
+  const abs = (p: unknown) => resolve(join(root, 'test/fixtures'), String(p));
+  const model = { ...entry, source: abs(entry['source']), labels: abs(entry['labels']), batching: { ...(entry['batching'] as object), ...batching } };
+  parseManifest({ models: [model] });
+  const path = join(workDir, `${name}-${Object.values(batching).join('-')}.manifest.json`);
+  writeFileSync(path, JSON.stringify({ models: [model] }, null, 2));
+  return path;
+}
+
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    newest = Math.max(newest, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
+  }
+  return newest;
+}
+const mainJs = join(root, 'dist/src/main.js');
+if (!existsSync(mainJs) || statSync(mainJs).mtimeMs < newestMtime(join(root, 'src'))) {
+  log('dist/ is missing or older than src/: building');
+  execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });
+}
+
+// Same environment for every contender: thread settings pass through, logs quiet.
+const childEnv: NodeJS.ProcessEnv = { ...process.env, OCULAR_LOG_LEVEL: 'warn', OCULAR_DEVICE: 'cpu' };
+const intraOp = opt.intraOp > 0 ? opt.intraOp : undefined;
+if (intraOp !== undefined) childEnv['OCULAR_INTRA_OP_THREADS'] = String(intraOp);
+const tsxArgs = ['--import', 'tsx'];
+
+async function startOcular(manifest: string | undefined, name = 'ocular'): Promise<RunningServer> {
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = { ...childEnv, HOST: '127.0.0.1', PORT: String(port) };
+  if (manifest !== undefined) env['OCULAR_MANIFEST'] = manifest;
+  else delete env['OCULAR_MANIFEST'];
+  return startServer({ name, args: [mainJs], env, readyPath: '/readyz', port, cwd: root });
+}
+
+async function startHandler(): Promise<RunningServer> {
+  const port = await freePort();
+  const args = [...tsxArgs, join(root, 'scripts/naive-handler.ts'), '--port', String(port), '--model', join(sharedDir, 'models/mobilenetv2-12-int8')];
+  // The same intra-op thread count as Ocular resolves (the handler keeps onnxruntime's other defaults).
+  args.push('--intra-op-threads', String(intraOpThreadsOf({ intraOpThreads: opt.intraOp })));
+  return startServer({ name: 'handler', args, env: childEnv, readyPath: '/healthz', port, cwd: root });
+}
+
+interface InProcessResult {
+  imagesPerSecond: number;
+  cpuMsPerImage: number;
+  singleImageLatencyMs: LatencySummary;
+}
+function runInProcess(seconds: number, latencySamples: number): Promise<InProcessResult> {
+  const args = [...tsxArgs, join(root, 'scripts/in-process-loop.ts'), '--seconds', String(seconds), '--warmup', '2', '--latency-samples', String(latencySamples), '--manifest', fixture];
+  if (intraOp !== undefined) args.push('--intra-op-threads', String(intraOp));
+  return runJson<InProcessResult>(args, { ...childEnv, OCULAR_SHARED_DIR: sharedDir }, 120_000);
+}
+
+interface Measured {
+  result: LoadResult;
+  /** Server process CPU (all threads) per 2xx answer, ms. */
+  cpuMsPerRequest: number;
+  healthz?: LatencySummary;
+  server?: ServerSplit;
+}
+async function measure(server: RunningServer, target: LoadTarget, connections: number, seconds: number, probe: boolean): Promise<Measured> {
+  await closedLoop(target, connections, 1.5); // warm the connections and the server's queue
+  const before = await scrapeMetrics(server.url);
+  const prober = probe ? probeLatency(server.url, 50) : undefined;
+  const cpu0 = cpuSecondsOf(server.child.pid);
+  const result = await closedLoop(target, connections, seconds);
+  const cpuMsPerRequest = ((cpuSecondsOf(server.child.pid) - cpu0) * 1000) / (result.throughputRps * result.durationS);
+  const healthz = await prober?.stop();
+  const after = await scrapeMetrics(server.url);
+  return {
+    result,
+    cpuMsPerRequest,
+    ...(healthz !== undefined && { healthz }),
+    ...(before && after && { server: diffMetrics(before, after, 'mobilenetv2') }),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Parts.
+
+interface PrepCost {
+  sharpMs: number;
+  ocularMs: number;
+  ocularNormalizeMs: number;
+}
+/** Serial, single-threaded cost per image: sharp's own decode + resize to raw, then Ocular's prepare + normalize. */
+async function preprocessingCost(list: readonly Photo[]): Promise<PrepCost> {
+  const loaded = parseManifest({ models: [fixtureJson.models.find((m) => m['name'] === 'mobilenetv2')] });
+  const entry = loaded.models[0];
+  if (entry?.task !== 'image-classification') throw new Error('no mobilenetv2');
+  const spec = entry.input;
+  const limits = { maxInputPixels: 40_000_000, allowedFormats: new Set(['jpeg', 'png', 'webp'] as const) };
+  const reps = quick ? 3 : 8;
+  const time = async (fn: (b: Buffer) => Promise<unknown>): Promise<number> => {
+    for (const p of list) await fn(p.bytes);
+    const t0 = performance.now();
+    for (let r = 0; r < reps; r++) for (const p of list) await fn(p.bytes);
+    return (performance.now() - t0) / (reps * list.length);
+  };
+  const sharpOnly = (b: Buffer) => sharp(b).resize({ width: 256, height: 256, fit: 'outside', kernel: 'linear' }).raw().toBuffer();
+  const tensor = new Float32Array(3 * spec.width * spec.height);
+  const params = normalizeParamsOf(spec);
+  configureSharp();
+  // Interleaved thrice, medians: the machine is noisy.
+  const s: number[] = [];
+  const o: number[] = [];
+  const n: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    s.push(await time(sharpOnly));
+    o.push(await time((b) => prepareImage(b, spec, limits)));
+    n.push(
+      await time(async (b) => {
+        const img = await prepareImage(b, spec, limits);
+        normalizeInto(img.pixels, img.width, img.height, params, tensor, 0, spec.height, spec.width);
+      }),
+    );
+  }
+  return { sharpMs: spread(s).median, ocularMs: spread(o).median, ocularNormalizeMs: spread(n).median };
+}
+
+/** Wall time from spawn to readiness, and the CPU the process used by then (all threads: the noise-robust part). */
+async function timeToReady(): Promise<{ wallMs: Spread; cpuMs: Spread }> {
+  const times: number[] = [];
+  const cpu: number[] = [];
+  for (let i = 0; i < (quick ? 1 : 3); i++) {
+    const s = await startOcular(undefined, 'default-manifest');
+    cpu.push(cpuSecondsOf(s.child.pid) * 1000);
+    times.push(s.readyMs);
+    await s.stop();
+  }
+  return { wallMs: spread(times), cpuMs: spread(cpu) };
+}
+
+/**
+ * RSS of a fresh Ocular after counts[0] and counts[1] answers (closed loop, 16 connections). Bounded in time too
+ * (--rss-seconds): on a busy machine the second reading is taken when the time is up, and the count it was taken
+ * at is reported.
+ */
+async function rssAfter(counts: [number, number]): Promise<{ rssMb: [number, number]; requests: [number, number] }> {
+  const server = await startOcular(manifestWith('mobilenetv2', {}));
+  try {
+    const target: LoadTarget = { url: server.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
+    const rss: number[] = [];
+    const at: number[] = [];
+    let done = 0;
+    const until = performance.now() + opt.rssSeconds * 1000;
+    for (const n of counts) {
+      // Closed loop at 16 connections, in runs of about 5 s, until n answers in total (or the time is up).
+      while (done < n && (at.length === 0 || performance.now() < until)) {
+        const r = await closedLoop(target, 16, Math.max(1, Math.min(5, Math.ceil((n - done) / 150))));
+        done += r.requests;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+      const m = await scrapeMetrics(server.url);
+      rss.push((m?.series.get('process_resident_memory_bytes') ?? NaN) / 2 ** 20);
+      at.push(done);
+      log(`RSS after ${done} requests: ${fmt(rss[rss.length - 1] as number)} MiB`);
+    }
+    return { rssMb: rss as [number, number], requests: at as [number, number] };
+  } finally {
+    await server.stop();
+  }
+}
+
+interface YoloxRow {
+  connections: number;
+  batch8: Spread;
+  batch1: Spread;
+  ratio: number;
+  meanBatch: number;
+}
+async function yoloxBatching(): Promise<YoloxRow[]> {
+  const b8 = await startOcular(manifestWith('yolox-nano', { maxBatchSize: 8 }), 'yolox-b8');
+  const b1 = await startOcular(manifestWith('yolox-nano', { maxBatchSize: 1 }), 'yolox-b1');
+  try {
+    const rows: YoloxRow[] = [];
+    for (const c of [1, 4, 16]) {
+      const t8: number[] = [];
+      const t1: number[] = [];
+      const mb: number[] = [];
+      for (let r = 0; r < opt.yoloxRounds; r++) {
+        const order = r % 2 === 0 ? [b8, b1] : [b1, b8];
+        for (const s of order) {
+          const target: LoadTarget = { url: s.url, path: predictPath('yolox-nano'), bodies: rawBodies };
+          await closedLoop(target, c, 1);
+          const before = await scrapeMetrics(s.url);
+          const res = await closedLoop(target, c, quick ? 3 : 6);
+          const after = await scrapeMetrics(s.url);
+          (s === b8 ? t8 : t1).push(res.throughputRps);
+          if (s === b8 && before && after) mb.push(diffMetrics(before, after, 'yolox-nano').meanBatchSize);
+        }
+      }
+      const row = { connections: c, batch8: spread(t8), batch1: spread(t1), ratio: spread(t8).median / spread(t1).median, meanBatch: spread(mb).median };
+      log(`yolox c=${c}: batch 8 ${fmtSpread(row.batch8)} req/s, batch 1 ${fmtSpread(row.batch1)} req/s, ratio ${fmt(row.ratio, 3)}`);
+      rows.push(row);
+    }
+    return rows;
+  } finally {
+    await b8.stop();
+    await b1.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The run.
+
+const machine = {
+  date: new Date().toISOString(),
+  cpu: cpus()[0]?.model ?? 'unknown',
+  cores: availableParallelism(),
+  memGiB: Math.round(totalmem() / 2 ** 30),
+  node: process.version,
+  loadAvgAtStart: loadavg().map((v) => Number(v.toFixed(2))),
+  env: Object.fromEntries(['UV_THREADPOOL_SIZE', 'MALLOC_ARENA_MAX', 'OCULAR_INTRA_OP_THREADS', 'LD_PRELOAD'].map((k) => [k, childEnv[k] ?? ''])),
+  gpu: 'none (CPU only; no GPU is lent to this task)',
+};
+log(`machine: ${machine.cpu}, ${machine.cores} cores, node ${machine.node}, load ${machine.loadAvgAtStart.join(' ')}`);
+log(`options: ${JSON.stringify({ ...opt, skip: [...opt.skip] })}`);
+
+const prep = opt.skip.has('prep') ? undefined : await preprocessingCost(photos);
+if (prep) log(`preprocessing per image: sharp ${fmt(prep.sharpMs, 2)} ms, Ocular ${fmt(prep.ocularMs, 2)} ms (+normalize ${fmt(prep.ocularNormalizeMs, 2)} ms)`);
+const ready = opt.skip.has('ready') ? undefined : await timeToReady();
+if (ready) log(`time to ready (default manifest): ${fmtSpread(ready.wallMs, 0)} ms, CPU ${fmtSpread(ready.cpuMs, 0)} ms`);
+
+const ocular = await startOcular(manifestWith('mobilenetv2', {}));
+const handler = await startHandler();
+const oTarget: LoadTarget = { url: ocular.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
+const hTarget: LoadTarget = { url: handler.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
+
+interface Round {
+  inProcess: InProcessResult;
+  handler16: Measured;
+  ocular16: Measured;
+  handler1: Measured;
+  ocular1: Measured;
+}
+const rounds: Round[] = [];
+let openResult: { rps: number; result: LoadResult; server?: ServerSplit } | undefined;
+try {
+  for (let r = 0; r < opt.rounds; r++) {
+    const partial: Partial<Round> = {};
+    const steps: (() => Promise<void>)[] = [
+      async () => void (partial.inProcess = await runInProcess(opt.durationS, quick ? 10 : 30)),
+      async () => void (partial.handler16 = await measure(handler, hTarget, 16, opt.durationS, true)),
+      async () => void (partial.ocular16 = await measure(ocular, oTarget, 16, opt.durationS, true)),
+    ];
+    // Rotate the order each round so no contender always runs first (or right after another).
+    for (let i = 0; i < steps.length; i++) await (steps[(i + r) % steps.length] as () => Promise<void>)();
+    const c1 = r % 2 === 0 ? ['h', 'o'] : ['o', 'h'];
+    for (const who of c1) {
+      if (who === 'h') partial.handler1 = await measure(handler, hTarget, 1, opt.c1DurationS, false);
+      else partial.ocular1 = await measure(ocular, oTarget, 1, opt.c1DurationS, false);
+    }
+    const round = partial as Round;
+    rounds.push(round);
+    log(
+      `round ${r + 1}/${opt.rounds}: in-process ${fmt(round.inProcess.imagesPerSecond)} img/s cpu ${fmt(round.inProcess.cpuMsPerImage, 2)} ms | handler ${fmt(round.handler16.result.throughputRps)} req/s cpu ${fmt(round.handler16.cpuMsPerRequest, 2)} ms p99 ${fmt(round.handler16.result.latencyMs.p99)} ms, c1 ${fmt(round.handler1.result.throughputRps)} | ocular ${fmt(round.ocular16.result.throughputRps)} req/s cpu ${fmt(round.ocular16.cpuMsPerRequest, 2)} ms p99 ${fmt(round.ocular16.result.latencyMs.p99)} ms, c1 ${fmt(round.ocular1.result.throughputRps)} | healthz p99 handler ${fmt(round.handler16.healthz?.p99 ?? NaN)} ocular ${fmt(round.ocular16.healthz?.p99 ?? NaN)} ms | mean batch ${fmt(round.ocular16.server?.meanBatchSize ?? NaN, 2)}`,
+    );
+  }
+  if (!opt.skip.has('open')) {
+    const capacity = spread(rounds.map((r) => r.ocular16.result.throughputRps)).median;
+    const rps = Math.max(1, Math.round(capacity * 0.6));
+    await closedLoop(oTarget, 4, 1);
+    const before = await scrapeMetrics(ocular.url);
+    const result = await openLoop(oTarget, rps, opt.openDurationS);
+    const after = await scrapeMetrics(ocular.url);
+    openResult = { rps, result, ...(before && after && { server: diffMetrics(before, after, 'mobilenetv2') }) };
+    log(`open loop at ${rps} req/s: p50 ${fmt(result.latencyMs.p50)} p99 ${fmt(result.latencyMs.p99)} ms, ${fmt(result.throughputRps)} req/s`);
+  }
+} finally {
+  await ocular.stop();
+  await handler.stop();
+}
+
+const rss = opt.skip.has('rss') ? undefined : await rssAfter(opt.rss);
+const yolox = opt.skip.has('yolox') ? undefined : await yoloxBatching();
+
+// ---------------------------------------------------------------------------------------------------------------
+// Report.
+
+const col = <T>(pick: (r: Round) => T): T[] => rounds.map(pick);
+const s = {
+  inProcess: spread(col((r) => r.inProcess.imagesPerSecond)),
+  inProcessP50: spread(col((r) => r.inProcess.singleImageLatencyMs.p50)),
+  inProcessCpu: spread(col((r) => r.inProcess.cpuMsPerImage)),
+  handlerCpu: spread(col((r) => r.handler16.cpuMsPerRequest)),
+  ocularCpu: spread(col((r) => r.ocular16.cpuMsPerRequest)),
+  handler16: spread(col((r) => r.handler16.result.throughputRps)),
+  ocular16: spread(col((r) => r.ocular16.result.throughputRps)),
+  handler1: spread(col((r) => r.handler1.result.throughputRps)),
+  ocular1: spread(col((r) => r.ocular1.result.throughputRps)),
+  handler16p50: spread(col((r) => r.handler16.result.latencyMs.p50)),
+  ocular16p50: spread(col((r) => r.ocular16.result.latencyMs.p50)),
+  handler16p99: spread(col((r) => r.handler16.result.latencyMs.p99)),
+  ocular16p99: spread(col((r) => r.ocular16.result.latencyMs.p99)),
+  handler1p50: spread(col((r) => r.handler1.result.latencyMs.p50)),
+  ocular1p50: spread(col((r) => r.ocular1.result.latencyMs.p50)),
+  handlerHealthP99: spread(col((r) => r.handler16.healthz?.p99 ?? NaN)),
+  ocularHealthP99: spread(col((r) => r.ocular16.healthz?.p99 ?? NaN)),
+  meanBatch: spread(col((r) => r.ocular16.server?.meanBatchSize ?? NaN)),
+  queueMs: spread(col((r) => r.ocular16.server?.queueMs ?? NaN)),
+  preprocessMs: spread(col((r) => r.ocular16.server?.preprocessMs ?? NaN)),
+  inferenceMs: spread(col((r) => r.ocular16.server?.inferencePerBatchMs ?? NaN)),
+};
+/** Ratio of the medians, and the ratios of each round's pair (min–max), so the spread of the pairing shows. */
+function ratio(a: (r: Round) => number, b: (r: Round) => number): Spread {
+  const pairs = rounds.map((r) => a(r) / b(r));
+  const med = spread(rounds.map(a)).median / spread(rounds.map(b)).median;
+  const sp = spread(pairs);
+  return { ...sp, median: med };
+}
+const ratios = {
+  vsInProcess: ratio((r) => r.ocular16.result.throughputRps, (r) => r.inProcess.imagesPerSecond),
+  vsHandler: ratio((r) => r.ocular16.result.throughputRps, (r) => r.handler16.result.throughputRps),
+  cpuVsInProcess: ratio((r) => r.ocular16.cpuMsPerRequest, (r) => r.inProcess.cpuMsPerImage),
+  cpuVsHandler: ratio((r) => r.ocular16.cpuMsPerRequest, (r) => r.handler16.cpuMsPerRequest),
+  vsHandlerC1: ratio((r) => r.ocular1.result.throughputRps, (r) => r.handler1.result.throughputRps),
+  p50vsHandler16: ratio((r) => r.ocular16.result.latencyMs.p50, (r) => r.handler16.result.latencyMs.p50),
+  p99vsHandler16: ratio((r) => r.ocular16.result.latencyMs.p99, (r) => r.handler16.result.latencyMs.p99),
+  p50vsHandler1: ratio((r) => r.ocular1.result.latencyMs.p50, (r) => r.handler1.result.latencyMs.p50),
+  p50vsInProcess1: ratio((r) => r.ocular1.result.latencyMs.p50, (r) => r.inProcess.singleImageLatencyMs.p50),
+};
+const openP99Ratio = openResult ? openResult.result.latencyMs.p99 / s.ocular1p50.median : NaN;
+const rssGrowth = rss ? rss.rssMb[1] / rss.rssMb[0] - 1 : NaN;
+
+const yes = (ok: boolean) => (ok ? 'met' : '**not met**');
+const lines: string[] = [];
+lines.push(`### Benchmark run ${machine.date}`, '');
+lines.push(
+  `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memGiB} GiB, Node ${machine.node}, load average at start ${machine.loadAvgAtStart.join(' ')}; GPU: ${machine.gpu}.`,
+  `Settings: ${opt.rounds} interleaved rounds, ${opt.durationS} s per saturated run, ${opt.c1DurationS} s per single-connection run; intra-op threads ${intraOpThreadsOf({ intraOpThreads: opt.intraOp })} for every contender; env ${JSON.stringify(machine.env)}${quick ? '; **--quick (smoke run: not for the record)**' : ''}.`,
+  `Command: \`npm run bench${process.argv.slice(2).length > 0 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}\``,
+  '',
+  'Median (min–max) over the rounds; ratios are of the medians, with the min–max of the per-round ratios.',
+  '',
+  '| contender | req/s or img/s, 16 conn | CPU ms per image, 16 conn | p50 ms | p99 ms | req/s, 1 conn | p50 ms, 1 conn | /healthz p99 ms saturated |',
+  '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  `| in-process loop (batch 8, overlapped) | ${fmtSpread(s.inProcess)} | ${fmtSpread(s.inProcessCpu, 2)} | | | | ${fmtSpread(s.inProcessP50)} (one image, serial) | |`,
+  `| hand-written handler | ${fmtSpread(s.handler16)} | ${fmtSpread(s.handlerCpu, 2)} | ${fmtSpread(s.handler16p50)} | ${fmtSpread(s.handler16p99)} | ${fmtSpread(s.handler1)} | ${fmtSpread(s.handler1p50)} | ${fmtSpread(s.handlerHealthP99)} |`,
+  `| Ocular | ${fmtSpread(s.ocular16)} | ${fmtSpread(s.ocularCpu, 2)} | ${fmtSpread(s.ocular16p50)} | ${fmtSpread(s.ocular16p99)} | ${fmtSpread(s.ocular1)} | ${fmtSpread(s.ocular1p50)} | ${fmtSpread(s.ocularHealthP99)} |`,
+  '',
+  `Inside Ocular at 16 connections (from /metrics): mean batch ${fmtSpread(s.meanBatch, 2)}, queue ${fmtSpread(s.queueMs)} ms/request, preprocessing ${fmtSpread(s.preprocessMs)} ms/request, inference ${fmtSpread(s.inferenceMs)} ms/batch.`,
+  '',
+  '| measure | value | target | |',
+  '| --- | ---: | ---: | --- |',
+  `| throughput, Ocular / in-process loop (16 conn) | ${fmtSpread(ratios.vsInProcess, 3)} | ≥ 0.95 | ${yes(ratios.vsInProcess.median >= 0.95)} |`,
+  `| throughput, Ocular / handler (16 conn) | ${fmtSpread(ratios.vsHandler, 3)} | ≥ 1.2 | ${yes(ratios.vsHandler.median >= 1.2)} |`,
+  `| CPU per image, Ocular / in-process loop (lower is better; 1/0.95 = 1.053 is the throughput target's equivalent) | ${fmtSpread(ratios.cpuVsInProcess, 3)} | ≤ 1.053 | ${yes(ratios.cpuVsInProcess.median <= 1 / 0.95)} |`,
+  `| CPU per image, Ocular / handler (lower is better; 1/1.2 = 0.833) | ${fmtSpread(ratios.cpuVsHandler, 3)} | ≤ 0.833 | ${yes(ratios.cpuVsHandler.median <= 1 / 1.2)} |`,
+  `| throughput, Ocular / handler (1 conn) | ${fmtSpread(ratios.vsHandlerC1, 3)} | (none) | |`,
+  `| p50 latency, Ocular / handler (16 conn) | ${fmtSpread(ratios.p50vsHandler16, 3)} | (none) | |`,
+  `| p99 latency, Ocular / handler (16 conn) | ${fmtSpread(ratios.p99vsHandler16, 3)} | (none) | |`,
+  `| p50 latency, Ocular / handler (1 conn) | ${fmtSpread(ratios.p50vsHandler1, 3)} | (none) | |`,
+  `| p50 latency, Ocular 1 conn / in-process single image | ${fmtSpread(ratios.p50vsInProcess1, 3)} | (none) | |`,
+  openResult
+    ? `| open loop at 60 % of capacity (${openResult.rps} req/s, ${opt.openDurationS} s): p99 / unloaded p50 | ${fmt(openResult.result.latencyMs.p99)} / ${fmt(s.ocular1p50.median)} = ${fmt(openP99Ratio, 2)} | ≤ 3 | ${yes(openP99Ratio <= 3)} |`
+    : '| open loop | skipped | ≤ 3 | |',
+  `| /healthz p99 while saturated (Ocular) | ${fmtSpread(s.ocularHealthP99)} ms | < 20 ms | ${yes(s.ocularHealthP99.median < 20)} |`,
+  ready
+    ? `| time to ready, default manifest (\`node dist/src/main.js\`): wall (CPU used by then, all threads) | ${fmtSpread(ready.wallMs, 0)} ms (CPU ${fmtSpread(ready.cpuMs, 0)} ms) | < 2000 ms | ${yes(ready.wallMs.median < 2000)} |`
+    : '| time to ready | skipped | < 2000 ms | |',
+  rss
+    ? `| RSS after ${rss.requests[0]} / ${rss.requests[1]} requests | ${fmt(rss.rssMb[0])} / ${fmt(rss.rssMb[1])} MiB (${rssGrowth >= 0 ? '+' : ''}${fmt(rssGrowth * 100)} %) | within 10 % | ${yes(Math.abs(rssGrowth) <= 0.1)} |`
+    : '| RSS | skipped | within 10 % | |',
+  ...(yolox ?? []).map(
+    (y) =>
+      `| yolox-nano ${y.connections} conn: dynamic batching (batch 8) / batch 1 | ${fmt(y.ratio, 3)} (${fmtSpread(y.batch8)} vs ${fmtSpread(y.batch1)} req/s; mean batch ${fmt(y.meanBatch, 2)}) | ${y.connections === 1 ? '≥ 0.95' : '≥ 1.0'} | ${yes(y.ratio >= (y.connections === 1 ? 0.95 : 1.0))} |`,
+  ),
+  prep
+    ? `| preprocessing per image, serial: Ocular prepare (+ normalize) / sharp decode + resize to raw | ${fmt(prep.ocularMs, 2)} (${fmt(prep.ocularNormalizeMs, 2)}) / ${fmt(prep.sharpMs, 2)} ms = ${fmt(prep.ocularMs / prep.sharpMs, 3)} | (none) | |`
+    : '| preprocessing | skipped | | |',
+  `| baseline check: handler reproduces the issue's figures (≈120 req/s at 16 conn, ≈76 at 1) | ${fmt(s.handler16.median)} / ${fmt(s.handler1.median)} req/s | ±20 % | ${yes(Math.abs(s.handler16.median / 120 - 1) <= 0.2 && Math.abs(s.handler1.median / 76 - 1) <= 0.2)} |`,
+  '',
+);
+const report = lines.join('\n');
+process.stdout.write(`\n${report}\n`);
+mkdirSync(resolve(values.out, '..'), { recursive: true });
+writeFileSync(`${values.out}.md`, `${report}\n`);
+writeFileSync(`${values.out}.json`, `${JSON.stringify({ machine, options: { ...opt, skip: [...opt.skip] }, prep, ready, rounds, open: openResult, rss, yolox, summary: s, ratios }, null, 2)}\n`);
+log(`wrote ${values.out}.md and ${values.out}.json`);
