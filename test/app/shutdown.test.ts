@@ -2,12 +2,20 @@
  * The real server as a child process (src/main.ts through tsx): startup failures, --help, and a SIGTERM during
  * load. The server's JSON log on stdout is the record of what it did and in which order.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { request as httpRequest, Agent } from 'node:http';
+import { Agent } from 'node:http';
 import t, { type Test } from 'tap';
 import { sharedManifestPath, sharedModels, writeManifest } from '../helpers/app.js';
-import { imagePath, projectRoot, sharedTestOptions } from '../helpers/shared.js';
+import { send } from '../helpers/hostile.js';
+import { type ChildServer, startServer as startChild } from '../helpers/server.js';
+import { imagePath, sharedTestOptions } from '../helpers/shared.js';
+
+/** The real server as a child process, killed when the test ends. */
+function startServer(t: Test, env: Record<string, string>, args: string[] = []): ChildServer {
+  const server = startChild(env, args);
+  t.teardown(server.kill);
+  return server;
+}
 
 const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
 const YOLOX = 'models/yolox-nano/model.onnx';
@@ -22,124 +30,9 @@ const SHARED_ALL = [
 ];
 const GRACE_MS = 20_000;
 
-interface Server {
-  child: ChildProcess;
-  /** Every JSON line of stdout so far, in order. */
-  lines: Record<string, unknown>[];
-  stderr: () => string;
-  /** Resolves with the first line for which `match` is true (already seen or still to come). */
-  waitFor(match: (line: Record<string, unknown>) => boolean, what: string): Promise<Record<string, unknown>>;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-/** The environment of a child server: this process's, minus test-runner hooks and OCULAR_* settings, plus `env`. */
-function childEnv(env: Record<string, string>): NodeJS.ProcessEnv {
-  const base: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (k === 'NODE_OPTIONS' || k.startsWith('TAP') || k.startsWith('_TAPJS') || k.startsWith('OCULAR_')) continue;
-    base[k] = v;
-  }
-  return { ...base, HOST: '127.0.0.1', PORT: '0', OCULAR_DEVICE: 'cpu', OCULAR_INTRA_OP_THREADS: '1', ...env };
-}
-
-function startServer(t: Test, env: Record<string, string>, args: string[] = []): Server {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
-    cwd: projectRoot,
-    env: childEnv(env),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: Record<string, unknown>[] = [];
-  const waiters: { match: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }[] = [];
-  let stdoutRest = '';
-  let stderr = '';
-  let rawStdout = '';
-  child.stdout?.setEncoding('utf8');
-  child.stdout?.on('data', (chunk: string) => {
-    rawStdout += chunk;
-    stdoutRest += chunk;
-    const parts = stdoutRest.split('\n');
-    stdoutRest = parts.pop() ?? '';
-    for (const text of parts) {
-      if (text.trim() === '') continue;
-      let line: Record<string, unknown>;
-      try {
-        line = JSON.parse(text) as Record<string, unknown>;
-      } catch {
-        line = { msg: text, raw: true };
-      }
-      lines.push(line);
-      for (let i = waiters.length - 1; i >= 0; i--) {
-        const w = waiters[i];
-        if (w !== undefined && w.match(line)) {
-          waiters.splice(i, 1);
-          w.resolve(line);
-        }
-      }
-    }
-  });
-  child.stderr?.setEncoding('utf8');
-  child.stderr?.on('data', (chunk: string) => (stderr += chunk));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  return {
-    child,
-    lines,
-    stderr: () => stderr,
-    exited,
-    waitFor(match, what) {
-      const seen = lines.find(match);
-      if (seen !== undefined) return Promise.resolve(seen);
-      return new Promise((resolve, reject) => {
-        waiters.push({ match, resolve });
-        void exited.then(({ code, signal }) =>
-          reject(new Error(`server exited (${code ?? signal}) before ${what}; stdout: ${rawStdout.slice(-2000)} stderr: ${stderr.slice(-2000)}`)),
-        );
-      });
-    },
-  };
-}
-
 /** The shared manifest (absolute paths, so it can live in a temp dir), models edited by `edit`. */
 function editedManifest(dir: string, edit: (models: Record<string, unknown>[]) => Record<string, unknown>[]): string {
   return writeManifest(edit(sharedModels()) as Parameters<typeof writeManifest>[0], dir);
-}
-
-interface HttpAnswer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
-/** One HTTP request; rejects on any transport error (refused, reset, truncated answer). */
-function send(port: number, opts: { method: string; path: string; body?: Buffer; headers?: Record<string, string>; agent?: Agent }): Promise<HttpAnswer> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      {
-        host: '127.0.0.1',
-        port,
-        method: opts.method,
-        path: opts.path,
-        headers: { ...opts.headers, ...(opts.body !== undefined ? { 'content-length': String(opts.body.length) } : {}) },
-        ...(opts.agent !== undefined ? { agent: opts.agent } : { agent: false }),
-      },
-      (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (body += c));
-        res.on('end', () => {
-          if (!res.complete) reject(new Error('answer truncated'));
-          else resolve({ status: res.statusCode ?? 0, headers: res.headers, body });
-        });
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(opts.body);
-  });
 }
 
 /** The `code` of a JSON error body, or the body itself when it is not one. */
@@ -253,7 +146,7 @@ t.test('SIGTERM during load answers every accepted request and exits 0', sharedT
     server.lines.findIndex((l) => l['msg'] === 'shut down') > drainAt,
     'then it logged "shut down"',
   );
-  t.same(exit, { code: 0, signal: null }, 'the process exits 0 (within the grace period: its timer would exit 1)');
+  t.same({ code: exit.code, signal: exit.signal }, { code: 0, signal: null }, 'the process exits 0 (within the grace period: its timer would exit 1)');
   t.notOk(server.lines.some((l) => l['msg'] === 'shutdown grace expired, exiting with work unfinished'), 'the grace period did not expire');
 });
 
@@ -271,7 +164,7 @@ t.test('--help lists the variables and exits 0', async (t) => {
   let out = '';
   server.child.stdout?.on('data', (c: string) => (out += c));
   const exit = await server.exited;
-  t.same(exit, { code: 0, signal: null });
+  t.same({ code: exit.code, signal: exit.signal }, { code: 0, signal: null });
   const text = out + server.lines.map((l) => String(l['msg'])).join('\n');
   for (const name of ['OCULAR_MANIFEST', 'OCULAR_DEVICE', 'PORT', 'HOST', 'OCULAR_BODY_LIMIT_BYTES', 'OCULAR_SHUTDOWN_GRACE_MS', '--help']) {
     t.match(text, name, `lists ${name}`);

@@ -26,8 +26,9 @@ function childEnv(env: Record<string, string>): NodeJS.ProcessEnv {
   return { ...base, HOST: '127.0.0.1', PORT: '0', OCULAR_DEVICE: 'cpu', OCULAR_INTRA_OP_THREADS: '1', ...env };
 }
 
-export function startServer(env: Record<string, string>): ChildServer {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+/** Starts src/main.ts with `env` (and CLI `args`); kill it in the test's teardown (`t.teardown(server.kill)`). */
+export function startServer(env: Record<string, string>, args: readonly string[] = []): ChildServer {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
     cwd: projectRoot,
     env: childEnv(env),
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -36,8 +37,10 @@ export function startServer(env: Record<string, string>): ChildServer {
   const waiters: { match: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }[] = [];
   let rest = '';
   let stderr = '';
+  let rawStdout = '';
   child.stdout?.setEncoding('utf8');
   child.stdout?.on('data', (chunk: string) => {
+    rawStdout += chunk;
     rest += chunk;
     const parts = rest.split('\n');
     rest = parts.pop() ?? '';
@@ -71,7 +74,7 @@ export function startServer(env: Record<string, string>): ChildServer {
     return new Promise((resolve, reject) => {
       waiters.push({ match, resolve });
       void exited.then(({ code, signal }) =>
-        reject(new Error(`server exited (${code ?? signal}) before ${what}; stderr: ${stderr.slice(-2000)}`)),
+        reject(new Error(`server exited (${code ?? signal}) before ${what}; stdout: ${rawStdout.slice(-2000)} stderr: ${stderr.slice(-2000)}`)),
       );
     });
   };
@@ -83,6 +86,8 @@ export function startServer(env: Record<string, string>): ChildServer {
           const m = /:(\d+)$/.exec(String(l['msg']));
           return Number(m?.[1]);
         });
+  // A server that exits before listening (a bad config, --help) rejects `port`; only a caller that awaits it cares.
+  port.catch(() => {});
   return {
     child,
     lines,
