@@ -48,7 +48,7 @@ const keys = ['rssMb', 'heapMb', 'fds', 'lagP99ms', 'p99ms'];
 const lines = [
   `capacity ${capacity.toFixed(1)} req/s (closed loop), soak at ${rate.toFixed(1)} req/s for ${minutes} min`,
   '',
-  `| t (s) | requests | ${keys.join(' | ')} |`,
+  `| t (s) | requests in the window | ${keys.join(' | ')} |`,
   `| --- | --- | ${keys.map(() => '---').join(' | ')} |`,
   ...samples.map((s) => `| ${s['t']} | ${s['requests']} | ${keys.map((k) => fmt(s[k])).join(' | ')} |`),
   '',

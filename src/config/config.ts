@@ -158,6 +158,12 @@ const OPTIONS = {
     help: 'PEM file of extra CA certificates trusted when downloading https:// model sources',
     schema: z.string().min(1).optional(),
   },
+  allowHttpSources: {
+    env: 'OCULAR_ALLOW_HTTP_SOURCES',
+    flag: 'allow-http-sources',
+    help: 'allow http:// model sources (an internal mirror; sha256 still required; a warning is logged per source)',
+    schema: onOff().default(false),
+  },
   downloadStallMs: {
     env: 'OCULAR_DOWNLOAD_STALL_MS',
     flag: 'download-stall-ms',

@@ -16,14 +16,15 @@ const NameSchema = z
 const Sha256Schema = z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits');
 
 /**
- * Where a model file comes from: a path (absolute or relative to the manifest) or an https:// URL, which is
- * downloaded once into the cache dir and must carry a sha256.
+ * Where a model file comes from: a path (absolute or relative to the manifest) or an http(s):// URL, which is
+ * downloaded once into the cache dir and must carry a sha256. Whether http:// may be used is the server's
+ * decision (OCULAR_ALLOW_HTTP_SOURCES, checked when the model loads), not the manifest's: the schema accepts both.
  */
 const SourceSchema = z
   .string()
   .min(1)
-  .refine((s) => !/^[a-z][a-z0-9+.-]*:\/\//i.test(s) || s.startsWith('https://'), {
-    message: 'a URL source must be https://',
+  .refine((s) => !/^[a-z][a-z0-9+.-]*:\/\//i.test(s) || s.startsWith('https://') || s.startsWith('http://'), {
+    message: 'a URL source must be https:// (or http:// where OCULAR_ALLOW_HTTP_SOURCES allows it)',
   });
 
 export const BatchingSchema = z.strictObject({
@@ -159,7 +160,7 @@ export const ManifestSchema = z
       seen.add(model.name);
       const stages = model.task === 'ocr' ? { detector: model.detector, recognizer: model.recognizer } : { '': model };
       for (const [key, stage] of Object.entries(stages)) {
-        if (stage.source.startsWith('https://') && stage.sha256 === undefined) {
+        if ((stage.source.startsWith('https://') || stage.source.startsWith('http://')) && stage.sha256 === undefined) {
           const path = key === '' ? ['models', i, 'sha256'] : ['models', i, key, 'sha256'];
           ctx.addIssue({ code: 'custom', path, message: 'a URL source must carry a sha256' });
         }

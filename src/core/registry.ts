@@ -11,7 +11,7 @@ import { nominalDims, type PipelineDeps, type TaskPipeline } from '../tasks/pipe
 import type { DecodeLimits } from '../tasks/preprocess/image.js';
 import { resolveProviders } from './runner/providers.js';
 import { Stage, type Logger } from './stage.js';
-import { resolveSource } from './source.js';
+import { isHttpSource, resolveSource } from './source.js';
 import type { Telemetry } from './telemetry.js';
 import type { ProviderName, TensorMeta } from './types.js';
 
@@ -135,7 +135,7 @@ export interface RegistryOptions {
     Config,
     'device' | 'providers' | 'gpuDeviceId' | 'cacheDir' | 'intraOpThreads' | 'requestTimeoutMs' | 'maxInputPixels' | 'imageFormats'
   > &
-    Partial<Pick<Config, 'shutdownGraceMs' | 'sourceCaFile' | 'downloadStallMs'>>;
+    Partial<Pick<Config, 'shutdownGraceMs' | 'sourceCaFile' | 'downloadStallMs' | 'allowHttpSources'>>;
   logger: Logger;
   telemetry: Telemetry;
   /** Called on a fatal device error at run time (main exits non-zero so the orchestrator restarts the pod). */
@@ -178,6 +178,8 @@ export class ModelRegistry {
   private manifest: LoadedManifest;
   private draining = false;
   private closed: Promise<void> | undefined;
+  /** http:// sources already warned about: once per source for the process, not at every reload. */
+  private readonly httpSourcesWarned = new Set<string>();
   readonly limits: DecodeLimits;
 
   constructor(private readonly opts: RegistryOptions) {
@@ -457,6 +459,15 @@ export class ModelRegistry {
     warmupDims?: number[],
   ): Promise<Stage> {
     const { config, logger, telemetry } = this.opts;
+    const allowHttp = config.allowHttpSources === true;
+    if (allowHttp && isHttpSource(entry.source) && !this.httpSourcesWarned.has(entry.source)) {
+      this.httpSourcesWarned.add(entry.source);
+      logger.warn(
+        { model: handle.name, source: entry.source },
+        'model source is plain http (allowed by OCULAR_ALLOW_HTTP_SOURCES): only its sha256 protects it',
+      );
+    }
+    // Without the option an http:// source fails here, and the model's load error names the model and the option.
     const modelPath = await resolveSource(entry.source, {
       baseDir: this.manifest.baseDir,
       cacheDir: config.cacheDir,
@@ -465,6 +476,7 @@ export class ModelRegistry {
       // Extra CAs (a private model store's) and the stall limit come from the configuration.
       ...(config.sourceCaFile !== undefined && { ca: await readFile(config.sourceCaFile) }),
       ...(config.downloadStallMs !== undefined && { stallTimeoutMs: config.downloadStallMs }),
+      allowHttp,
     });
     const explicit = entry.providers ?? (Array.isArray(config.providers) ? config.providers : undefined);
     const device = config.providers === 'auto' ? 'auto' : config.device;

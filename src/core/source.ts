@@ -1,17 +1,18 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
-import { request } from 'node:https';
-import type { IncomingMessage } from 'node:http';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { isAbsolute, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 
 /**
- * Model sources: a path (absolute or relative to the manifest) or an https:// URL. A URL is downloaded once into
- * the cache dir, streamed to a temporary file with a size cap, hashed on the way, and renamed into place only
- * when its sha256 matches: a cache file named after its hash is therefore always complete and correct, and is
- * reused with no network.
+ * Model sources: a path (absolute or relative to the manifest) or an https:// URL; http:// too, only where the
+ * operator allows it (OCULAR_ALLOW_HTTP_SOURCES, for an internal mirror). A URL is downloaded once into the cache
+ * dir, streamed to a temporary file with a size cap, hashed on the way, and renamed into place only when its
+ * sha256 matches: a cache file named after its hash is therefore always complete and correct, and is reused with
+ * no network. The sha256 is what makes plain http:// tolerable: a tampered download never reaches onnxruntime.
  */
 
 export class SourceError extends Error {
@@ -30,10 +31,20 @@ export interface SourceOptions {
   ca?: string | Buffer | undefined;
   /** Abort a download that receives nothing for this long. */
   stallTimeoutMs?: number;
+  /** Allow http:// sources and redirects to http:// (OCULAR_ALLOW_HTTP_SOURCES); default: https:// only. */
+  allowHttp?: boolean | undefined;
 }
 
+/** The option that allows http://, named in the errors that refuse it. */
+const ALLOW_HTTP_OPTION = 'OCULAR_ALLOW_HTTP_SOURCES';
+
 export function isUrlSource(source: string): boolean {
-  return source.startsWith('https://');
+  return source.startsWith('https://') || isHttpSource(source);
+}
+
+/** A plain http:// URL: downloaded only where SourceOptions.allowHttp says so. */
+export function isHttpSource(source: string): boolean {
+  return source.startsWith('http://');
 }
 
 export async function sha256File(path: string): Promise<string> {
@@ -44,6 +55,11 @@ export async function sha256File(path: string): Promise<string> {
 
 /** Resolves a source to a verified local file path. */
 export async function resolveSource(source: string, opts: SourceOptions): Promise<string> {
+  if (isHttpSource(source) && opts.allowHttp !== true) {
+    throw new SourceError(
+      `model source ${source} is plain http://, refused: use https://, or set ${ALLOW_HTTP_OPTION}=true to allow http:// sources (an internal mirror; the sha256 is still checked)`,
+    );
+  }
   if (isUrlSource(source)) return fetchToCache(source, opts);
   const path = isAbsolute(source) ? source : resolve(opts.baseDir, source);
   try {
@@ -88,7 +104,10 @@ async function fetchToCache(url: string, opts: SourceOptions): Promise<string> {
   }
 }
 
-/** Streams url into path, returning the sha256 of what was written. Follows up to 5 redirects (https only). */
+/**
+ * Streams url into path, returning the sha256 of what was written. Follows up to 5 redirects: to https://, or to
+ * http:// where allowHttp is set (so an https:// source cannot be downgraded behind the operator's back).
+ */
 async function download(url: string, path: string, opts: SourceOptions, redirects = 0): Promise<string> {
   const res = await get(url, opts);
   const status = res.statusCode ?? 0;
@@ -96,7 +115,10 @@ async function download(url: string, path: string, opts: SourceOptions, redirect
     res.resume();
     if (redirects >= 5) throw new SourceError(`download of ${url}: too many redirects`);
     const next = new URL(res.headers.location, url).toString();
-    if (!isUrlSource(next)) throw new SourceError(`download of ${url} redirects to a non-https URL`);
+    if (!isUrlSource(next) || (isHttpSource(next) && opts.allowHttp !== true)) {
+      const hint = isHttpSource(next) ? ` (set ${ALLOW_HTTP_OPTION}=true to allow http://)` : '';
+      throw new SourceError(`download of ${url} redirects to a non-https URL ${next}${hint}`);
+    }
     return download(next, path, opts, redirects + 1);
   }
   if (status !== 200) {
@@ -137,7 +159,10 @@ async function download(url: string, path: string, opts: SourceOptions, redirect
 
 function get(url: string, opts: SourceOptions): Promise<IncomingMessage> {
   return new Promise((resolvePromise, reject) => {
-    const req = request(url, { method: 'GET', ...(opts.ca !== undefined ? { ca: opts.ca } : {}) }, resolvePromise);
+    // Same streaming, cap, stall and hash logic for both schemes; only the transport differs (no CA for http).
+    const req = isHttpSource(url)
+      ? httpRequest(url, { method: 'GET' }, resolvePromise)
+      : httpsRequest(url, { method: 'GET', ...(opts.ca !== undefined ? { ca: opts.ca } : {}) }, resolvePromise);
     req.setTimeout(opts.stallTimeoutMs ?? 30_000, () => req.destroy(new SourceError(`download of ${url} timed out`)));
     req.on('error', (err) =>
       reject(err instanceof SourceError ? err : new SourceError(`download of ${url} failed: ${err.message}`, { cause: err })),

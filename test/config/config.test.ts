@@ -1,5 +1,8 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { ConfigError, helpText, optionTable, parseConfig } from '../../src/config/config.js';
+import { projectRoot } from '../helpers/shared.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -34,6 +37,7 @@ t.test('an empty environment gives the documented defaults', async (t) => {
   t.equal(config.intraOpThreads, 0);
   t.same(config.corsOrigins, []);
   t.equal(config.playground, true);
+  t.equal(config.allowHttpSources, false);
   t.equal(config.sharedDir, '../shared');
   t.same(warnings, []);
   t.equal(help, false);
@@ -121,6 +125,18 @@ t.test('OCULAR_PLAYGROUND is on or off, and anything else is an error naming it'
   }
   t.equal(parseConfig({ OCULAR_PLAYGROUND: 'true' }, ['--playground', 'false']).config.playground, false, 'the flag wins');
   t.match(configErrorOf(t, { OCULAR_PLAYGROUND: 'maybe' })?.message, /OCULAR_PLAYGROUND="maybe"/);
+});
+
+t.test('OCULAR_ALLOW_HTTP_SOURCES is off by default, on or off when set, and anything else is an error naming it', async (t) => {
+  t.equal(parseConfig({}, []).config.allowHttpSources, false, 'off by default');
+  for (const on of ['true', '1', 'on', 'YES']) {
+    t.equal(parseConfig({ OCULAR_ALLOW_HTTP_SOURCES: on }, []).config.allowHttpSources, true, on);
+  }
+  for (const off of ['false', '0', 'off', 'no']) {
+    t.equal(parseConfig({ OCULAR_ALLOW_HTTP_SOURCES: off }, []).config.allowHttpSources, false, off);
+  }
+  t.equal(parseConfig({}, ['--allow-http-sources', 'true']).config.allowHttpSources, true, 'the flag');
+  t.match(configErrorOf(t, { OCULAR_ALLOW_HTTP_SOURCES: 'sometimes' })?.message, /OCULAR_ALLOW_HTTP_SOURCES="sometimes"/);
 });
 
 t.test('CLI flags win over environment variables', async (t) => {
@@ -296,6 +312,7 @@ t.test('the README table rows cover every option, with defaults', async (t) => {
     ['OCULAR_AUTH_PROBES', '--auth-probes', 'false'],
     ['OCULAR_AUTH_METRICS', '--auth-metrics', 'false'],
     ['OCULAR_SOURCE_CA_FILE', '--source-ca-file', ''],
+    ['OCULAR_ALLOW_HTTP_SOURCES', '--allow-http-sources', 'false'],
     ['OCULAR_DOWNLOAD_STALL_MS', '--download-stall-ms', '30000'],
     ['OCULAR_HTTP_REQUEST_TIMEOUT_MS', '--http-request-timeout-ms', '60000'],
     ['OCULAR_HTTP_HEADERS_TIMEOUT_MS', '--http-headers-timeout-ms', '10000'],
@@ -314,4 +331,10 @@ t.test('the README table rows cover every option, with defaults', async (t) => {
   // Every row's variable and flag is accepted by the parser.
   const keys = Object.keys(parseConfig({}, []).config);
   t.equal(keys.length, rows.length, 'every config key has a row');
+  // And README.md's configuration table carries each row as optionTable gives it.
+  const readme = readFileSync(join(projectRoot, 'README.md'), 'utf8');
+  for (const [variable, flag, dflt, meaning] of rows) {
+    const line = `| \`${variable}\` | \`${flag}\` | ${dflt === '' ? '' : `\`${dflt}\``} | ${meaning} |`;
+    t.ok(readme.includes(line), `README.md has the row for ${variable}`);
+  }
 });

@@ -139,6 +139,11 @@ t.test('an https source with a sha256 is accepted', async (t) => {
   t.equal(singleStage(m.models[0])?.source, 'https://models.example/m.onnx');
 });
 
+t.test('an http source with a sha256 parses (the server option decides whether it may be fetched)', async (t) => {
+  const m = parseManifest({ models: [entry({ source: 'http://mirror.internal/m.onnx', sha256: SHA })] });
+  t.equal(singleStage(m.models[0])?.source, 'http://mirror.internal/m.onnx');
+});
+
 t.test('invalid manifests are refused with a message naming the path', async (t) => {
   const cases: [string, unknown, RegExp][] = [
     ['missing models', {}, /models: .*expected array/],
@@ -158,7 +163,8 @@ t.test('invalid manifests are refused with a message naming the path', async (t)
       { models: [entry({ batching: { maxBatch: 4 } })] },
       /models\[0\]\.batching: Unrecognized key: "maxBatch"/,
     ],
-    ['http:// source', { models: [entry({ source: 'http://models.example/m.onnx', sha256: SHA })] }, /models\[0\]\.source: a URL source must be https/],
+    ['http source without sha256', { models: [entry({ source: 'http://mirror.internal/m.onnx' })] }, /models\[0\]\.sha256: a URL source must carry a sha256/],
+    ['upper-case HTTP:// source', { models: [entry({ source: 'HTTP://mirror.internal/m.onnx', sha256: SHA })] }, /models\[0\]\.source: a URL source must be https/],
     ['ftp:// source', { models: [entry({ source: 'ftp://models.example/m.onnx', sha256: SHA })] }, /models\[0\]\.source: a URL source must be https/],
     ['https source without sha256', { models: [entry({ source: 'https://models.example/m.onnx' })] }, /models\[0\]\.sha256: a URL source must carry a sha256/],
     ['sha256 too short', { models: [entry({ sha256: 'abc' })] }, /models\[0\]\.sha256: must be 64 lowercase hex digits/],

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:https';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer as createPlainServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -159,6 +159,99 @@ async function startServer(t: Test, tls: Tls, routes: Record<string, Handler>): 
   return { url: (path) => `https://127.0.0.1:${port}${path}`, requests };
 }
 
+/** A plain HTTP server on 127.0.0.1 (an internal mirror), closed on teardown. */
+async function startPlainServer(t: Test, routes: Record<string, Handler>): Promise<FakeServer> {
+  const requests: string[] = [];
+  const server = createPlainServer((req, res) => {
+    const path = req.url ?? '/';
+    requests.push(path);
+    res.on('error', () => {});
+    const handler = routes[path];
+    if (handler === undefined) {
+      res.writeHead(404).end('not found');
+      return;
+    }
+    handler(req, res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(async () => {
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  const { port } = server.address() as AddressInfo;
+  return { url: (path) => `http://127.0.0.1:${port}${path}`, requests };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// http:// sources: refused unless allowed (OCULAR_ALLOW_HTTP_SOURCES), then fetched like https://
+// ---------------------------------------------------------------------------------------------------------------
+
+t.test('http:// sources', async (t) => {
+  const model = randomBytes(64 * 1024);
+  const modelSha = sha256(model);
+  const other = randomBytes(1024);
+  const plain = await startPlainServer(t, {
+    '/model.onnx': (_req, res) => {
+      res.writeHead(200, { 'content-length': model.length }).end(model);
+    },
+    '/other.onnx': (_req, res) => {
+      res.writeHead(200, { 'content-length': other.length }).end(other);
+    },
+    '/chunked.onnx': (_req, res) => {
+      res.writeHead(200);
+      for (let i = 0; i < model.length; i += 4096) res.write(model.subarray(i, i + 4096));
+      res.end();
+    },
+    '/stall.onnx': (_req, res) => {
+      res.writeHead(200, { 'content-length': model.length });
+      res.write(model.subarray(0, 1024));
+    },
+  });
+
+  async function options(t: Test, over: Partial<SourceOptions> = {}): Promise<SourceOptions> {
+    const dir = await tempDir(t, 'ocular-cache-');
+    return { baseDir: dir, cacheDir: join(dir, 'cache'), sha256: modelSha, maxBytes: 1 << 20, ...over };
+  }
+
+  t.test('without allowHttp an http:// source is refused before any request, naming the option', async (t) => {
+    for (const over of [{}, { allowHttp: false }]) {
+      const opts = await options(t, over);
+      const before = plain.requests.length;
+      const message = await sourceErrorOf(t, () => resolveSource(plain.url('/model.onnx'), opts));
+      t.match(message, /OCULAR_ALLOW_HTTP_SOURCES=true/);
+      t.ok(message.includes(plain.url('/model.onnx')), 'names the URL');
+      t.equal(plain.requests.length, before, 'no request');
+      await t.rejects(readdir(opts.cacheDir), { code: 'ENOENT' }, 'nothing cached');
+    }
+  });
+
+  t.test('with allowHttp it is downloaded, verified and cached like https://', async (t) => {
+    const opts = await options(t, { allowHttp: true });
+    const path = await resolveSource(plain.url('/model.onnx'), opts);
+    t.equal(path, join(opts.cacheDir, `${modelSha}.onnx`));
+    t.same(await readFile(path), model);
+    t.same(await resolveSource(plain.url('/chunked.onnx'), await options(t, { allowHttp: true })).then(readFile), model, 'chunked');
+  });
+
+  t.test('with allowHttp the sha256 is still required and checked', async (t) => {
+    const { sha256: _sha, ...noSha } = await options(t, { allowHttp: true });
+    t.match(await sourceErrorOf(t, () => resolveSource(plain.url('/model.onnx'), noSha)), /has no sha256/);
+    const opts = await options(t, { allowHttp: true });
+    const message = await sourceErrorOf(t, () => resolveSource(plain.url('/other.onnx'), opts));
+    t.ok(message.includes(sha256(other)) && message.includes(modelSha), 'names both hashes');
+    t.same(await readdir(opts.cacheDir), [], 'nothing cached');
+  });
+
+  t.test('with allowHttp the size cap and the stall limit apply', async (t) => {
+    const capped = await options(t, { allowHttp: true, maxBytes: 16 * 1024 });
+    t.match(await sourceErrorOf(t, () => resolveSource(plain.url('/model.onnx'), capped)), /over the cap/);
+    t.match(await sourceErrorOf(t, () => resolveSource(plain.url('/chunked.onnx'), capped)), /exceeded the cap/);
+    const stalled = await options(t, { allowHttp: true, stallTimeoutMs: 300 });
+    t.match(await sourceErrorOf(t, () => resolveSource(plain.url('/stall.onnx'), stalled)), /stalled|timed out/);
+    t.same(await readdir(stalled.cacheDir), []);
+  });
+});
+
 const tls = await makeCert();
 const urlSkip = typeof tls === 'string' ? { skip: tls } : {};
 if (typeof tls === 'string') t.comment(`SKIP URL source tests: ${tls}`);
@@ -172,7 +265,15 @@ t.test('URL sources', urlSkip, async (t) => {
   const half = model.subarray(0, model.length / 2);
   const cap = 16 * 1024;
 
+  const plain = await startPlainServer(t, {
+    '/model.onnx': (_req, res) => {
+      res.writeHead(200, { 'content-length': model.length }).end(model);
+    },
+  });
   const server = await startServer(t, tls, {
+    '/redirect-plain': (_req, res) => {
+      res.writeHead(302, { location: plain.url('/model.onnx') }).end();
+    },
     '/model.onnx': (_req, res) => {
       res.writeHead(200, { 'content-length': model.length }).end(model);
     },
@@ -315,9 +416,25 @@ t.test('URL sources', urlSkip, async (t) => {
     t.same(await cacheEntries(opts), []);
   });
 
-  t.test('a redirect to http:// is refused', async (t) => {
+  t.test('a redirect to http:// is refused, naming the option', async (t) => {
     const opts = await options(t);
-    t.match(await sourceErrorOf(t, () => resolveSource(server.url('/redirect-http'), opts)), /non-https/);
+    const message = await sourceErrorOf(t, () => resolveSource(server.url('/redirect-http'), opts));
+    t.match(message, /non-https/);
+    t.match(message, /OCULAR_ALLOW_HTTP_SOURCES=true/);
+    const before = plain.requests.length;
+    t.match(await sourceErrorOf(t, () => resolveSource(server.url('/redirect-plain'), opts)), /non-https/);
+    t.equal(plain.requests.length, before, 'the http server is never asked');
+    t.same(await cacheEntries(opts), []);
+  });
+
+  t.test('with allowHttp a redirect from https:// to http:// is followed (the sha256 still checked)', async (t) => {
+    const opts = await options(t, { allowHttp: true });
+    const before = plain.requests.length;
+    const path = await resolveSource(server.url('/redirect-plain'), opts);
+    t.same(await readFile(path), model);
+    t.same(plain.requests.slice(before), ['/model.onnx']);
+    const wrong = await options(t, { allowHttp: true, sha256: 'f'.repeat(64) });
+    t.match(await sourceErrorOf(t, () => resolveSource(server.url('/redirect-plain'), wrong)), /has sha256/);
   });
 
   t.test('a damaged cached file is replaced by a fresh download', async (t) => {

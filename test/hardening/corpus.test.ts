@@ -14,7 +14,22 @@ import { hostileCorpus, leaks, multipartBody, storedForOrientation, writeManifes
 import { ErrorBodySchema, MultipartResultSchema, PredictResultSchema } from '../../src/routes/schemas.js';
 
 const PHOTO = 'images/cat_chelsea.png';
-const SHARED = ['models/mobilenetv2-12-int8/model.onnx', 'models/ultraface-rfb-320/model.onnx', PHOTO, 'images/coffee_cup.png'];
+/**
+ * EXIF cases. robin.jpg has a close top-1 (goldfinch vs brambling): it is sent as lossless PNGs, whose oriented
+ * pixels equal the upright copy's, so its answers must be identical. Re-encoded as JPEG, the coding noise of the
+ * rotated pixels alone (max 5, mean 0.3 levels) flips it in some orientations. The coffee cup (a clear top-1) is
+ * sent as JPEG, the common case.
+ */
+const EXIF_PHOTOS = [
+  { name: 'robin.jpg', format: 'png', maxScoreDiff: 1e-6 },
+  { name: 'coffee_cup.png', format: 'jpeg', maxScoreDiff: 0.05 },
+] as const;
+const SHARED = [
+  'models/mobilenetv2-12-int8/model.onnx',
+  'models/ultraface-rfb-320/model.onnx',
+  PHOTO,
+  ...EXIF_PHOTOS.map((p) => `images/${p.name}`),
+];
 const BODY_LIMIT = 2 * 1024 * 1024;
 const MAX_FILES = 4;
 
@@ -67,30 +82,34 @@ t.test('the hostile-input corpus', sharedTestOptions(...SHARED), async (t) => {
   });
 
   t.test('every EXIF orientation 1-8 answers as the upright image does', async (t) => {
-    const { data, info } = await sharp(readFileSync(imagePath('coffee_cup.png')))
-      .resize({ width: 300 })
-      .removeAlpha()
-      .raw()
-      .toBuffer({ resolveWithObject: true });
-    const upright = await sharp(data, { raw: { width: info.width, height: info.height, channels: 3 } })
-      .jpeg({ quality: 100, chromaSubsampling: '4:4:4' })
-      .toBuffer();
-    const ref = JSON.parse((await predictInject(app, upright, 'image/jpeg')).body) as {
-      width: number;
-      height: number;
-      predictions: { label: string; score: number }[];
-    };
-    for (let o = 1; o <= 8; o++) {
-      const stored = await storedForOrientation(data, info.width, info.height, o);
-      const meta = await sharp(stored).metadata();
-      t.equal(meta.orientation, o, `orientation ${o} is in the EXIF`);
-      const res = await predictInject(app, stored, 'image/jpeg');
-      const body = checkAnswer(t, `orientation ${o}`, { status: res.statusCode, headers: res.headers, body: res.body }, { status: 200 }) as typeof ref;
-      t.equal(body.width, ref.width, `orientation ${o}: upright width`);
-      t.equal(body.height, ref.height, `orientation ${o}: upright height`);
-      t.equal(body.predictions[0]?.label, ref.predictions[0]?.label, `orientation ${o}: same top-1 as upright (${ref.predictions[0]?.label})`);
-      t.ok(Math.abs((body.predictions[0]?.score ?? 0) - (ref.predictions[0]?.score ?? 0)) < 0.05, `orientation ${o}: top-1 score within 0.05`);
-      outcomes.push(`| exif | orientation ${o} | image/jpeg | ${res.statusCode}, top-1 ${body.predictions[0]?.label} as upright |`);
+    for (const { name, format, maxScoreDiff } of EXIF_PHOTOS) {
+      const contentType = `image/${format}`;
+      const { data, info } = await sharp(readFileSync(imagePath(name)))
+        .resize({ width: 300 })
+        .removeAlpha()
+        .raw()
+        .toBuffer({ resolveWithObject: true });
+      const upright = await storedForOrientation(data, info.width, info.height, 1, format);
+      const ref = JSON.parse((await predictInject(app, upright, contentType)).body) as {
+        width: number;
+        height: number;
+        predictions: { label: string; score: number }[];
+      };
+      for (let o = 1; o <= 8; o++) {
+        const what = `${name}, orientation ${o}`;
+        const stored = await storedForOrientation(data, info.width, info.height, o, format);
+        const meta = await sharp(stored).metadata();
+        t.equal(meta.orientation, o, `${what} is in the EXIF`);
+        const res = await predictInject(app, stored, contentType);
+        const body = checkAnswer(t, what, { status: res.statusCode, headers: res.headers, body: res.body }, { status: 200 }) as typeof ref;
+        const [got, want] = [body.predictions[0], ref.predictions[0]];
+        t.equal(body.width, ref.width, `${what}: upright width`);
+        t.equal(body.height, ref.height, `${what}: upright height`);
+        t.equal(got?.label, want?.label, `${what}: same top-1 as upright (${want?.label})`);
+        const scoreDiff = Math.abs((got?.score ?? 0) - (want?.score ?? 0));
+        t.ok(scoreDiff <= maxScoreDiff, `${what}: top-1 score within ${maxScoreDiff} (${scoreDiff.toFixed(4)})`);
+        outcomes.push(`| exif | ${name} orientation ${o} | ${contentType} | ${res.statusCode}, top-1 ${got?.label} as upright (score diff ${scoreDiff.toFixed(3)}) |`);
+      }
     }
   });
 

@@ -102,9 +102,15 @@ export function pseudoRandomBytes(length: number, seed: number): Buffer {
 /**
  * The stored pixels for EXIF orientation o (1-8) such that a viewer applying o shows `upright` (raw RGB). Each
  * orientation's inverse: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 270 (the viewer turns 90 right),
- * 7 transverse, 8 rotate 90.
+ * 7 transverse, 8 rotate 90. Encoded as JPEG (quality 100, 4:4:4) or, where the pixels must survive exactly, PNG.
  */
-export async function storedForOrientation(upright: Buffer, width: number, height: number, o: number): Promise<Buffer> {
+export async function storedForOrientation(
+  upright: Buffer,
+  width: number,
+  height: number,
+  o: number,
+  format: 'jpeg' | 'png' = 'jpeg',
+): Promise<Buffer> {
   const raw = { raw: { width, height, channels: 3 as const } };
   const step = async (input: Buffer, w: number, h: number, f: (s: Sharp) => Sharp): Promise<{ data: Buffer; w: number; h: number }> => {
     const { data, info } = await f(sharp(input, { raw: { width: w, height: h, channels: 3 } })).raw().toBuffer({ resolveWithObject: true });
@@ -141,8 +147,8 @@ export async function storedForOrientation(upright: Buffer, width: number, heigh
       throw new RangeError(`EXIF orientation ${o}`);
   }
   void raw;
-  return sharp(img.data, { raw: { width: img.w, height: img.h, channels: 3 } })
-    .jpeg({ quality: 100, chromaSubsampling: '4:4:4' })
+  const stored = sharp(img.data, { raw: { width: img.w, height: img.h, channels: 3 } });
+  return (format === 'png' ? stored.png() : stored.jpeg({ quality: 100, chromaSubsampling: '4:4:4' }))
     .withMetadata({ orientation: o })
     .toBuffer();
 }

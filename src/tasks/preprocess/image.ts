@@ -6,7 +6,8 @@
  * this module as an OcularError: 415 for a format we refuse, 422 for too many pixels or undecodable data.
  *
  * Resizing matches the reference tensors in ../shared/models (made with sharp 0.35.5): one sharp pipeline per image
- * (so sharp's JPEG shrink-on-load applies), with the same resize calls the model READMEs give.
+ * (so sharp's JPEG shrink-on-load applies), with the same resize calls the model READMEs give. Images with an EXIF
+ * orientation other than 1 are oriented before they are resized (see prepareImage).
  */
 import sharp from 'sharp';
 import type { Metadata, OutputInfo, Sharp, SharpOptions } from 'sharp';
@@ -196,8 +197,14 @@ function inputOptions(limits: DecodeLimits): SharpOptions {
   };
 }
 
-/** Sniffs, then reads the header (no pixel data) and enforces the pixel limit. Returns the upright size. */
-async function checkInput(bytes: Buffer, limits: DecodeLimits): Promise<{ width: number; height: number }> {
+/**
+ * Sniffs, then reads the header (no pixel data) and enforces the pixel limit. Returns the upright size and the EXIF
+ * orientation (1 when there is none).
+ */
+async function checkInput(
+  bytes: Buffer,
+  limits: DecodeLimits,
+): Promise<{ width: number; height: number; orientation: number }> {
   const format = sniffFormat(bytes);
   if (format === undefined) {
     throw new OcularError('UNSUPPORTED_MEDIA_TYPE', 'the body is not a recognised image format');
@@ -224,7 +231,7 @@ async function checkInput(bytes: Buffer, limits: DecodeLimits): Promise<{ width:
       `the image is ${meta.width}x${meta.height} (${pixels} pixels), the limit is ${limits.maxInputPixels}`,
     );
   }
-  return { width: meta.autoOrient.width, height: meta.autoOrient.height };
+  return { width: meta.autoOrient.width, height: meta.autoOrient.height, orientation: meta.orientation ?? 1 };
 }
 
 /** Upright, alpha flattened onto `background`, 8-bit sRGB with exactly 3 channels, whatever the input's space. */
@@ -405,12 +412,19 @@ async function runPlan(
 }
 
 /**
- * Decodes untrusted image bytes and resizes them for a model in one sharp pipeline. The result's pixels are RGB,
- * spec-sized (for limit-round32, the computed size); `transform` maps upright-original coordinates to the tensor.
+ * Decodes untrusted image bytes and resizes them for a model. The result's pixels are RGB, spec-sized (for
+ * limit-round32, the computed size); `transform` maps upright-original coordinates to the tensor.
  * Throws only OcularError: UNSUPPORTED_MEDIA_TYPE, TOO_MANY_PIXELS, IMAGE_DECODE_FAILED.
+ *
+ * Orientation 1 (or none), nearly every photo: one sharp pipeline, so JPEG shrink-on-load applies and the tensors
+ * are those of the reference pipeline. EXIF orientation 2-8: in one pipeline libvips resizes in the stored
+ * orientation and rotates afterwards, which gave tensors several levels away from an upright copy's (and flipped a
+ * borderline top-1), so such an image is decoded and oriented in full first (at most maxInputPixels * 3 bytes,
+ * briefly) and then resized like an upright raw image: its tensor equals an upright PNG copy's (docs/RELIABILITY.md).
  */
 export async function prepareImage(bytes: Buffer, spec: InputSpec, limits: DecodeLimits): Promise<PreparedImage> {
-  const { width, height } = await checkInput(bytes, limits);
+  const { width, height, orientation } = await checkInput(bytes, limits);
+  if (orientation > 1) return prepareFromDecoded(await decodeChecked(bytes, limits, spec.background), spec);
   const plan = planResize(spec, width, height);
   return runPlan(openUpright(bytes, limits, spec.background), plan, spec.kernel, width, height);
 }
@@ -418,6 +432,11 @@ export async function prepareImage(bytes: Buffer, spec: InputSpec, limits: Decod
 /** The whole upright image as RGB (OCR crops text lines out of it after detection). */
 export async function decodeImage(bytes: Buffer, limits: DecodeLimits, background = '#ffffff'): Promise<DecodedImage> {
   await checkInput(bytes, limits);
+  return decodeChecked(bytes, limits, background);
+}
+
+/** decodeImage after checkInput has passed. */
+async function decodeChecked(bytes: Buffer, limits: DecodeLimits, background: string): Promise<DecodedImage> {
   try {
     const { data, info } = await openUpright(bytes, limits, background).raw().toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) {
