@@ -5,7 +5,7 @@ import { normalizeParamsOf } from '../tasks/preprocess/normalize.js';
 import { Batcher } from './batcher.js';
 import { createSessionPool, type SessionPool } from './runner/session-pool.js';
 import type { Telemetry } from './telemetry.js';
-import type { Outputs, PreparedPixels, ProviderName } from './types.js';
+import type { OutputTensor, Outputs, PreparedPixels, ProviderName } from './types.js';
 
 /**
  * A stage is one ONNX session pool behind one dynamic batcher: the unit a task pipeline sends prepared images
@@ -158,9 +158,17 @@ export function splitBatch(outputs: Outputs, n: number): Outputs[] {
     }
     const per = tensor.data.length / n;
     const dims = [1, ...tensor.dims.slice(1)];
-    for (let i = 0; i < n; i++) {
-      (out[i] as Outputs)[name] = { data: tensor.data.subarray(i * per, (i + 1) * per), dims };
-    }
+    for (let i = 0; i < n; i++) (out[i] as Outputs)[name] = sliceRows(tensor, i * per, (i + 1) * per, dims);
   }
   return out;
+}
+
+/** Elements [from, to) of an output (float32 and exact alike) as views, with the given dims; no copying. */
+export function sliceRows(tensor: OutputTensor, from: number, to: number, dims: number[]): OutputTensor {
+  const exact = tensor.exact;
+  return {
+    data: tensor.data.subarray(from, to),
+    dims,
+    ...(exact !== undefined && { exact: { type: exact.type, data: exact.data.subarray(from, to) } }),
+  };
 }

@@ -2,7 +2,7 @@ import { OcularError } from '../errors.js';
 import { Batcher } from './batcher.js';
 import type { FeedData } from './runner/worker.js';
 import type { SessionPool } from './runner/session-pool.js';
-import type { Logger, Stage } from './stage.js';
+import { sliceRows, type Logger, type Stage } from './stage.js';
 import type { Telemetry } from './telemetry.js';
 import type { Outputs } from './types.js';
 
@@ -128,7 +128,7 @@ function splitRows(outputs: Outputs, rows: number[]): Outputs[] {
     const per = tensor.data.length / total;
     let at = 0;
     rows.forEach((r, i) => {
-      (out[i] as Outputs)[name] = { data: tensor.data.subarray(at * per, (at + r) * per), dims: [r, ...tensor.dims.slice(1)] };
+      (out[i] as Outputs)[name] = sliceRows(tensor, at * per, (at + r) * per, [r, ...tensor.dims.slice(1)]);
       at += r;
     });
   }

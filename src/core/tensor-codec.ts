@@ -1,4 +1,5 @@
 import { OcularError } from '../errors.js';
+import type { OutputTensor } from './types.js';
 
 /**
  * Tensors of the Open Inference Protocol (KServe v2) and Triton's binary tensor data extension: datatypes, JSON
@@ -286,6 +287,17 @@ export function tensorToBinary(t: Tensor): Buffer {
   return Buffer.from(d.buffer, d.byteOffset, d.byteLength);
 }
 
+/**
+ * The JSON text of a tensor's flat `data` array. 64-bit integers are written as JSON numbers with every digit, as
+ * Triton does (the protocol has no other JSON form for INT64/UINT64), including beyond 2^53, where a client's
+ * double-based JSON parser would round them: such clients should ask for binary_data or parse big integers.
+ */
+export function tensorToJsonText(t: Tensor): string {
+  const d = t.data;
+  if (d instanceof BigInt64Array || d instanceof BigUint64Array) return `[${Array.from(d, (v) => v.toString()).join(',')}]`;
+  return JSON.stringify(tensorToJsonData(t));
+}
+
 /** JSON `data` of a tensor, flat (the protocol allows flat or nested; flat is what clients expect back). */
 export function tensorToJsonData(t: Tensor): (number | boolean | string)[] {
   if (Array.isArray(t.data)) return t.data.map((b) => b.toString('utf8'));
@@ -340,9 +352,15 @@ export function convertTensor(t: Tensor, to: Exclude<Datatype, 'BYTES'>): Tensor
   return { name: t.name, datatype: to, shape: t.shape, data: out };
 }
 
-/** A float32 model output as a tensor of the model's declared datatype (the runner hands every output as float32). */
-export function outputTensor(name: string, dims: number[], data: Float32Array, datatype: Datatype): Tensor {
-  const t: Tensor = { name, datatype: 'FP32', shape: dims, data };
+/**
+ * A model output as a tensor of the model's declared datatype: its exact elements when the runner sent them (any
+ * output not float32) in that type, else its float32 elements converted.
+ */
+export function outputTensor(name: string, out: OutputTensor, datatype: Datatype): Tensor {
+  if (out.exact !== undefined && datatypeOfOrt(out.exact.type) === datatype) {
+    return { name, datatype, shape: out.dims, data: out.exact.data };
+  }
+  const t: Tensor = { name, datatype: 'FP32', shape: out.dims, data: out.data };
   if (datatype === 'FP32' || datatype === 'BYTES') return t;
   return convertTensor(t, datatype);
 }

@@ -29,10 +29,33 @@ export interface PreparedImage extends PreparedPixels {
   transform: ImageTransform;
 }
 
-/** A float32 output tensor of one batch item, or of a whole batch. */
+/** The native element array of an output whose onnxruntime type is not float32 (float16 travels as its bits). */
+export type ExactData =
+  | Float64Array
+  | Int8Array
+  | Int16Array
+  | Int32Array
+  | BigInt64Array
+  | Uint8Array
+  | Uint16Array
+  | Uint32Array
+  | BigUint64Array;
+
+/** An output's elements in the model's own type: `type` is onnxruntime's name for it ('int64', 'bool', ...). */
+export interface ExactTensor {
+  type: string;
+  data: ExactData;
+}
+
+/**
+ * An output tensor of one batch item, or of a whole batch. `data` is always float32 (what the image tasks read);
+ * an output of any other type also carries its exact elements in `exact`, same length and layout as `data`, for
+ * the v2 API, which answers in the model's datatype (an int64 above 2^24 does not survive float32).
+ */
 export interface OutputTensor {
   data: Float32Array;
   dims: number[];
+  exact?: ExactTensor;
 }
 
 export type Outputs = Record<string, OutputTensor>;

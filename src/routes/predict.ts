@@ -7,6 +7,7 @@ import { OcularError } from '../errors.js';
 import { errorBody, sendError, toOcularError } from '../plugins/errors.js';
 import { UNKNOWN_MODEL, type DropReason, type Metrics } from '../plugins/metrics.js';
 import { parseParams } from '../tasks/pipeline.js';
+import { admissionOf } from './admission.js';
 import {
   ErrorBodySchema,
   ModelParamsSchema,
@@ -55,10 +56,8 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
   // Requests whose handler ran: the handler counts their drops; a client that leaves mid-upload of a raw body
   // never reaches it, and is counted by onRequestAbort instead (once either way).
   const handled = new WeakSet<FastifyRequest>();
-  // Admission: a model takes at most its queue bound plus what its workers run at once (decoding included);
-  // past that a request is refused 503 QUEUE_FULL before its image is decoded, so overload costs microseconds
-  // per refusal instead of a decode and a wait, and memory stays bounded.
-  const admitted = new Map<string, number>();
+  // Admission (see admission.ts): past its bound, a model's requests are refused 503 QUEUE_FULL before decoding.
+  const admission = admissionOf(models);
 
   app.withTypeProvider<ZodTypeProvider>().post(
     '/v1/models/:name/predict',
@@ -99,12 +98,7 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
         const model = models.acquire(name);
         // The lease on this version ends with the response (sent, or the connection gone): see ModelRegistry.
         reply.raw.once('close', () => models.release(model));
-        const first = model.stages[0];
-        const limit = first !== undefined ? first.batching.maxQueueSize + first.maxBatchSize * first.pool.instances : Infinity;
-        const current = admitted.get(model.name) ?? 0;
-        if (current >= limit) throw new OcularError('QUEUE_FULL', `model ${model.name} has ${current} requests in progress, its limit`);
-        admitted.set(model.name, current + 1);
-        reply.raw.once('close', () => admitted.set(model.name, (admitted.get(model.name) ?? 1) - 1));
+        admission.admit(model, reply);
         const query = Object.fromEntries(Object.entries(request.query).filter(([, v]) => v !== undefined));
         const params = parseParams(model.pipeline.paramsSchema, query);
         const base = { model: model.name, version: model.version };

@@ -17,7 +17,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import type { InferenceSession, Tensor } from 'onnxruntime-common';
 import { normalizeInto, type NormalizeParams } from '../../tasks/preprocess/normalize.js';
-import type { Outputs, ProviderName, TensorMeta } from '../types.js';
+import type { ExactData, Outputs, ProviderName, TensorMeta } from '../types.js';
 import { createSessionWithFallback } from './providers.js';
 
 export interface WorkerInit {
@@ -194,20 +194,28 @@ function float32Of(tensor: Tensor): Float32Array {
 }
 
 /**
- * Turns session outputs into plain float32 tensors plus the buffers to transfer. onnxruntime-node hands each output
- * in an ArrayBuffer of its own, which is transferred (zero-copy); a view that does not span its whole buffer, or
- * a buffer already listed, is copied first, since transferring it would move bytes that are not ours to move.
+ * Turns session outputs into float32 tensors (what the image tasks read), plus, for an output of any other type,
+ * its native array as `exact` (what v2 answers with), and the buffers to transfer. onnxruntime-node hands each
+ * output in an ArrayBuffer of its own, which is transferred (zero-copy); a view that does not span its whole
+ * buffer, or a buffer already listed, is copied first, since transferring it would move bytes that are not ours
+ * to move. A non-float32 output thus costs one float32 copy besides its own bytes.
  */
 function collectOutputs(results: InferenceSession.ReturnType): { outputs: Outputs; transfer: ArrayBuffer[] } {
   const outputs: Outputs = {};
   const transfer: ArrayBuffer[] = [];
-  for (const [name, value] of Object.entries(results)) {
-    let data = float32Of(value as Tensor);
+  const own = <T extends Float32Array | ExactData>(data: T): T => {
     const buffer = data.buffer;
     const whole = data.byteOffset === 0 && data.byteLength === buffer.byteLength;
-    if (!(buffer instanceof ArrayBuffer) || !whole || transfer.includes(buffer)) data = data.slice();
-    transfer.push(data.buffer as ArrayBuffer);
-    outputs[name] = { data, dims: [...value.dims] };
+    const owned = !(buffer instanceof ArrayBuffer) || !whole || transfer.includes(buffer) ? (data.slice() as T) : data;
+    transfer.push(owned.buffer as ArrayBuffer);
+    return owned;
+  };
+  for (const [name, value] of Object.entries(results)) {
+    const tensor = value as Tensor;
+    const native = tensor.type !== 'float32' && ArrayBuffer.isView(tensor.data) ? (tensor.data as ExactData) : undefined;
+    const data = own(float32Of(tensor));
+    const exact = native !== undefined ? { type: tensor.type, data: own(native) } : undefined;
+    outputs[name] = { data, dims: [...tensor.dims], ...(exact !== undefined && { exact }) };
   }
   return { outputs, transfer };
 }

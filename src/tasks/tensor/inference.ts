@@ -12,7 +12,7 @@ import {
   type Tensor,
 } from '../../core/tensor-codec.js';
 import type { Telemetry, Timings } from '../../core/telemetry.js';
-import type { Outputs, TensorMeta } from '../../core/types.js';
+import type { ExactData, Outputs, TensorMeta } from '../../core/types.js';
 import { OcularError } from '../../errors.js';
 import { readLabels } from '../labels.js';
 import { elapsedMs, throwIfAborted } from '../pipeline.js';
@@ -137,7 +137,7 @@ export async function infer(handle: ModelHandle & { pipeline: NonNullable<ModelH
       if (!Number.isInteger(k) || k < 1) throw invalid(`output "${o.name}": classification must be a positive integer`);
       outputs.push(classify(o.name, out.data, out.dims, k, labels));
     } else {
-      outputs.push(outputTensor(o.name, out.dims, out.data, raw.datatypes[o.name] ?? 'FP32'));
+      outputs.push(outputTensor(o.name, out, raw.datatypes[o.name] ?? 'FP32'));
     }
     outputParameters.push(rest);
   }
@@ -191,19 +191,25 @@ async function runImages(handle: ModelHandle, images: Buffer[], ctx: InferContex
   return { outputs: concatRows(runs), datatypes: datatypesOf(stage.pool.info.outputs) };
 }
 
-/** Per-image outputs (dim 0 = 1 each) back into one batch, in order. */
+/** Per-image outputs (dim 0 = 1 each) back into one batch, in order; exact elements too where every part has them. */
 function concatRows(parts: Outputs[]): Outputs {
   const first = parts[0] as Outputs;
   const out: Outputs = {};
-  for (const [name, t] of Object.entries(first)) {
-    const data = new Float32Array(parts.reduce((n, p) => n + (p[name]?.data.length ?? 0), 0));
+  const concat = <T extends Float32Array | ExactData>(arrays: T[]): T => {
+    const Ctor = (arrays[0] as T).constructor as new (n: number) => T;
+    const data = new Ctor(arrays.reduce((n, a) => n + a.length, 0));
     let at = 0;
-    for (const p of parts) {
-      const d = p[name]?.data ?? new Float32Array(0);
-      data.set(d, at);
-      at += d.length;
+    for (const a of arrays) {
+      (data as Float32Array).set(a as Float32Array, at);
+      at += a.length;
     }
-    out[name] = { data, dims: [parts.length, ...t.dims.slice(1)] };
+    return data;
+  };
+  for (const [name, t] of Object.entries(first)) {
+    const tensors = parts.map((p) => p[name] ?? { data: new Float32Array(0), dims: [] });
+    const exacts = tensors.map((x) => x.exact?.data);
+    const exact = t.exact !== undefined && exacts.every((e) => e !== undefined) ? { type: t.exact.type, data: concat(exacts) } : undefined;
+    out[name] = { data: concat(tensors.map((x) => x.data)), dims: [parts.length, ...t.dims.slice(1)], ...(exact !== undefined && { exact }) };
   }
   return out;
 }
