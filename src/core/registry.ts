@@ -409,13 +409,18 @@ export class ModelRegistry {
     handle.state = 'LOADING';
     handle.reason = undefined;
     logger.info({ model: handle.name, version: handle.version, task: handle.entry.task }, 'model loading');
+    // Stages may be created concurrently (OCR creates its two at once); they are listed in the order asked for.
+    const requested: string[] = [];
+    const rank = (stage: Stage): number => requested.indexOf(stage.name === 'main' ? '' : stage.name);
     try {
       const deps: PipelineDeps = {
         baseDir: this.manifest.baseDir,
         limits: this.limits,
         createStage: async (field, stageEntry, request) => {
+          requested.push(field);
           const stage = await this.createStage(handle, field, stageEntry, request.shapePolicy, request.warmupDims);
           handle.stages.push(stage);
+          handle.stages.sort((a, b) => rank(a) - rank(b));
           this.liveStages.add(stage);
           return stage;
         },

@@ -244,7 +244,8 @@ t.test('run-time faults', opts, async (t) => {
     const hold = stage.pool.hold();
     await hold.entered;
     const blocker = post(app, photo); // its batch waits in the pool behind the hold
-    await until('the blocker to reach the pool', () => stage.batcher.depth === 0 && model.depth === 0);
+    // Its batch has left the batcher for the pool (a depth of 0 alone is also true before it was enqueued).
+    await until('the blocker to reach the pool', () => stage.batcher.running === 1 && stage.batcher.depth === 0);
     const batchesBefore = await batches();
     const droppedBefore = await dropped();
     const client = connect(port, '127.0.0.1');

@@ -31,11 +31,19 @@ export async function createOcrPipeline(entry: OcrEntry, deps: PipelineDeps): Pr
   if (det.input.resize.mode !== 'limit-round32' && det.input.resize.mode !== 'stretch') {
     throw new ModelCheckError(entry.name, 'detector.input.resize', `must be limit-round32 or stretch, not ${det.input.resize.mode}`);
   }
-  const detStage = await deps.createStage('detector', det, { shapePolicy: 'same-size' });
+  // Both sessions are created at once (each in its own worker thread): it shortens time to ready. Both creations
+  // settle before a failure is thrown, so the registry can close whichever stage did come up.
+  const [detCreated, recCreated] = await Promise.allSettled([
+    deps.createStage('detector', det, { shapePolicy: 'same-size' }),
+    deps.createStage('recognizer', rec, { shapePolicy: 'pad-width' }),
+  ]);
+  if (detCreated.status === 'rejected') throw detCreated.reason;
+  if (recCreated.status === 'rejected') throw recCreated.reason;
+  const detStage = detCreated.value;
+  const recStage = recCreated.value;
   checkImageInput(entry.name, 'detector.input', det.input, detStage.pool.info.inputs);
   const detOut = checkOutput(entry.name, 'detector', detStage.pool.info.outputs, undefined);
 
-  const recStage = await deps.createStage('recognizer', rec, { shapePolicy: 'pad-width' });
   checkImageInput(entry.name, 'recognizer.input', rec.input, recStage.pool.info.inputs, { dynamicWidth: true });
   const recOut = checkOutput(entry.name, 'recognizer', recStage.pool.info.outputs, undefined);
   const labels = await readLabels(resolve(deps.baseDir, rec.labels));
