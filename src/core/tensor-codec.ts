@@ -1,5 +1,5 @@
 import { OcularError } from '../errors.js';
-import type { OutputTensor } from './types.js';
+import type { ExactData, OutputTensor } from './types.js';
 
 /**
  * Tensors of the Open Inference Protocol (KServe v2) and Triton's binary tensor data extension: datatypes, JSON
@@ -28,17 +28,7 @@ export const DATATYPES = [
 ] as const;
 export type Datatype = (typeof DATATYPES)[number];
 
-export type NumericArray =
-  | Float32Array
-  | Float64Array
-  | Int8Array
-  | Int16Array
-  | Int32Array
-  | BigInt64Array
-  | Uint8Array
-  | Uint16Array
-  | Uint32Array
-  | BigUint64Array;
+export type NumericArray = Float32Array | ExactData;
 
 /** One tensor of a request or response. BYTES tensors hold one Buffer per element. */
 export interface Tensor {

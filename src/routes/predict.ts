@@ -41,7 +41,7 @@ export function serverTiming(t: Timings, totalMs: number): string {
 }
 
 /** An AbortSignal that fires when the client goes away before its answer is sent. */
-function clientSignal(request: FastifyRequest, reply: FastifyReply): AbortSignal {
+export function clientSignal(request: FastifyRequest, reply: FastifyReply): AbortSignal {
   const controller = new AbortController();
   const onClose = () => {
     if (!reply.raw.writableFinished) controller.abort();

@@ -11,7 +11,7 @@ import { toOcularError } from '../../plugins/errors.js';
 import { UNKNOWN_MODEL, type DropReason, type Metrics } from '../../plugins/metrics.js';
 import { infer, metadataOf } from '../../tasks/tensor/inference.js';
 import { admissionOf } from '../admission.js';
-import { serverTiming } from '../predict.js';
+import { clientSignal, serverTiming } from '../predict.js';
 import {
   InferenceResponseSchema,
   LiveSchema,
@@ -63,16 +63,6 @@ export function v2ErrorBody(err: OcularError): z.infer<typeof V2ErrorSchema> {
 function sendV2Error(reply: FastifyReply, err: OcularError): FastifyReply {
   if (isRetryable(err.code)) void reply.header('retry-after', String(RETRY_AFTER_SECONDS));
   return reply.code(err.status).type('application/json; charset=utf-8').send(JSON.stringify(v2ErrorBody(err)));
-}
-
-function clientSignal(request: FastifyRequest, reply: FastifyReply): AbortSignal {
-  const controller = new AbortController();
-  const onClose = () => {
-    if (!reply.raw.writableFinished) controller.abort();
-  };
-  reply.raw.once('close', onClose);
-  request.raw.once('aborted', onClose);
-  return controller.signal;
 }
 
 /** Parses a small JSON body of the repository API (absent or empty: {}). */
