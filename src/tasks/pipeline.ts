@@ -4,9 +4,9 @@ import type { StageEntry, Task } from '../config/manifest.js';
 import { isDynamicSize } from '../core/model-check.js';
 import type { Stage, StageOptions } from '../core/stage.js';
 import type { Timings } from '../core/telemetry.js';
-import type { PreparedPixels } from '../core/types.js';
+import type { Outputs, PreparedImage, PreparedPixels } from '../core/types.js';
 import { OcularError } from '../errors.js';
-import type { DecodeLimits } from './preprocess/image.js';
+import { prepareImage, type DecodeLimits } from './preprocess/image.js';
 
 /**
  * One pipeline per task (after transformers.js): preprocess, run through the model's stage(s), postprocess.
@@ -95,3 +95,24 @@ export function throwIfAborted(signal: AbortSignal | undefined): void {
 }
 
 export const elapsedMs = (since: number): number => performance.now() - since;
+
+/**
+ * The common path of a single-stage image task: decode and prepare the image, queue it on the stage, and add the
+ * preprocess, queue and inference times to `ctx.timings`. The task then postprocesses the outputs.
+ */
+export async function prepareAndRun(
+  stage: Stage,
+  image: Buffer,
+  spec: InputSpec,
+  limits: DecodeLimits,
+  { signal, timings }: PredictContext,
+): Promise<{ prepared: PreparedImage; outputs: Outputs }> {
+  const started = performance.now();
+  const prepared = await prepareImage(image, spec, limits);
+  timings.preprocessMs += elapsedMs(started);
+  throwIfAborted(signal);
+  const run = await stage.run(prepared, signal);
+  timings.queueMs += run.queueMs;
+  timings.inferenceMs += run.inferenceMs;
+  return { prepared, outputs: run.outputs };
+}

@@ -3,8 +3,7 @@ import { z } from 'zod';
 import type { ClassificationEntry } from '../../config/manifest.js';
 import { checkImageInput, checkLastDim, checkOutput } from '../../core/model-check.js';
 import { readLabels } from '../labels.js';
-import { prepareImage } from '../preprocess/image.js';
-import { elapsedMs, shapePolicyOf, throwIfAborted, warmupStage, type PipelineDeps, type TaskPipeline } from '../pipeline.js';
+import { elapsedMs, prepareAndRun, shapePolicyOf, warmupStage, type PipelineDeps, type TaskPipeline } from '../pipeline.js';
 import { classify } from './postprocess.js';
 
 export const ClassificationParamsSchema = z.strictObject({
@@ -23,22 +22,16 @@ export async function createClassificationPipeline(entry: ClassificationEntry, d
     task: entry.task,
     stages: [stage],
     paramsSchema: ClassificationParamsSchema,
-    async predict(image, rawParams, { signal, timings }) {
+    async predict(image, rawParams, ctx) {
       const params = rawParams as z.infer<typeof ClassificationParamsSchema>;
-      let t = performance.now();
-      const prepared = await prepareImage(image, entry.input, deps.limits);
-      timings.preprocessMs += elapsedMs(t);
-      throwIfAborted(signal);
-      const run = await stage.run(prepared, signal);
-      timings.queueMs += run.queueMs;
-      timings.inferenceMs += run.inferenceMs;
-      t = performance.now();
-      const row = run.outputs[output.name]?.data ?? new Float32Array(0);
+      const { prepared, outputs } = await prepareAndRun(stage, image, entry.input, deps.limits, ctx);
+      const t = performance.now();
+      const row = outputs[output.name]?.data ?? new Float32Array(0);
       const predictions = classify(row, labels, {
         topK: params.top_k ?? entry.options.topK,
         softmax: entry.options.softmax,
       });
-      timings.postprocessMs += elapsedMs(t);
+      ctx.timings.postprocessMs += elapsedMs(t);
       return { width: prepared.transform.originalWidth, height: prepared.transform.originalHeight, predictions };
     },
     warmup: () => warmupStage(stage, entry.input, policy),

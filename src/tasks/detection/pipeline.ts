@@ -4,8 +4,7 @@ import type { DetectionEntry } from '../../config/manifest.js';
 import { ModelCheckError, checkImageInput, checkLastDim, checkOutput } from '../../core/model-check.js';
 import { OcularError } from '../../errors.js';
 import { readLabels } from '../labels.js';
-import { prepareImage } from '../preprocess/image.js';
-import { elapsedMs, shapePolicyOf, throwIfAborted, warmupStage, type PipelineDeps, type TaskPipeline } from '../pipeline.js';
+import { elapsedMs, prepareAndRun, shapePolicyOf, warmupStage, type PipelineDeps, type TaskPipeline } from '../pipeline.js';
 import type { DetectionFilter } from './nms.js';
 import { decodeSsd } from './ssd.js';
 import { decodeYolox, yoloxAnchorCount } from './yolox.js';
@@ -75,7 +74,7 @@ export async function createDetectionPipeline(entry: DetectionEntry, deps: Pipel
     task: entry.task,
     stages: [stage],
     paramsSchema: DetectionParamsSchema,
-    async predict(image, rawParams, { signal, timings }) {
+    async predict(image, rawParams, ctx) {
       const params = rawParams as z.infer<typeof DetectionParamsSchema>;
       const classes = classFilter(params.classes);
       const filter: DetectionFilter = {
@@ -85,16 +84,10 @@ export async function createDetectionPipeline(entry: DetectionEntry, deps: Pipel
         classAgnostic: entry.options.classAgnostic,
         ...(classes !== undefined ? { classes } : {}),
       };
-      let t = performance.now();
-      const prepared = await prepareImage(image, entry.input, deps.limits);
-      timings.preprocessMs += elapsedMs(t);
-      throwIfAborted(signal);
-      const run = await stage.run(prepared, signal);
-      timings.queueMs += run.queueMs;
-      timings.inferenceMs += run.inferenceMs;
-      t = performance.now();
-      const detections = decode(run.outputs, prepared.transform, filter);
-      timings.postprocessMs += elapsedMs(t);
+      const { prepared, outputs } = await prepareAndRun(stage, image, entry.input, deps.limits, ctx);
+      const t = performance.now();
+      const detections = decode(outputs, prepared.transform, filter);
+      ctx.timings.postprocessMs += elapsedMs(t);
       return { width: prepared.transform.originalWidth, height: prepared.transform.originalHeight, detections };
     },
     warmup: () => warmupStage(stage, entry.input, policy),
