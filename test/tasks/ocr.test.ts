@@ -16,8 +16,9 @@ import {
 } from '../../src/tasks/ocr/index.js';
 import type { Point, Quad, RecognizedText, RgbImage, TextBox } from '../../src/tasks/ocr/index.js';
 import { roundHalfEven } from '../../src/tasks/ocr/db-postprocess.js';
-import { normalizeInto } from '../../src/tasks/preprocess/normalize.js';
+import { normalizeInto, normalizeParamsOf } from '../../src/tasks/preprocess/normalize.js';
 import type { NormalizeParams } from '../../src/tasks/preprocess/normalize.js';
+import { ppocrV4DetSpec } from '../fixtures/input-specs.js';
 import { imagePath, modelPath, readTensorProto, sharedTestOptions } from '../helpers/shared.js';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -363,14 +364,9 @@ t.test('the detector reference output gives the pub sign lines', sharedTestOptio
 // ---------------------------------------------------------------------------------------------------------------
 // End to end, in process: detector -> DB -> crops -> recogniser -> CTC
 
-const DET_NORMALIZE: NormalizeParams = {
-  layout: 'NCHW',
-  channelOrder: 'BGR',
-  scale: 1 / 255,
-  // PaddleOCR subtracts mean[i] from channel i of the BGR image; in tensor order that is mean[0] on B.
-  mean: [0.485, 0.456, 0.406],
-  std: [0.229, 0.224, 0.225],
-};
+// PaddleOCR subtracts mean[i] from channel i of the BGR image; in tensor order that is mean[0] on B (the fixture
+// spec says the same; the reference-input test below checks it).
+const DET_NORMALIZE: NormalizeParams = normalizeParamsOf(ppocrV4DetSpec);
 const REC_NORMALIZE: NormalizeParams = {
   layout: 'NCHW',
   channelOrder: 'BGR',

@@ -10,7 +10,8 @@ import {
   type SessionPool,
   type SessionPoolOptions,
 } from '../../../src/core/runner/session-pool.js';
-import type { NormalizeParams } from '../../../src/tasks/preprocess/normalize.js';
+import { type NormalizeParams, normalizeParamsOf } from '../../../src/tasks/preprocess/normalize.js';
+import { mobilenetV2Spec, yoloxNanoSpec } from '../../fixtures/input-specs.js';
 import type { PreparedPixels } from '../../../src/core/types.js';
 import { maxAbsDiff, modelPath, readTensorProto, sharedPath, sharedTestOptions } from '../../helpers/shared.js';
 
@@ -21,14 +22,9 @@ process.env['TMPDIR'] = mkdtempSync(join(tmpdir(), 'ocular-pool-test-'));
 const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
 const YOLOX = 'models/yolox-nano/model.onnx';
 
-const IMAGENET: NormalizeParams = {
-  layout: 'NCHW',
-  channelOrder: 'RGB',
-  scale: 1 / 255,
-  mean: [0.485, 0.456, 0.406],
-  std: [0.229, 0.224, 0.225],
-};
-const YOLOX_NORM: NormalizeParams = { layout: 'NCHW', channelOrder: 'BGR', scale: 1, mean: [0, 0, 0], std: [1, 1, 1] };
+// The models' own input specs (test/fixtures/input-specs.ts), as the runner receives them.
+const IMAGENET: NormalizeParams = normalizeParamsOf(mobilenetV2Spec);
+const YOLOX_NORM: NormalizeParams = normalizeParamsOf(yoloxNanoSpec);
 
 interface LogLine {
   level: string;
