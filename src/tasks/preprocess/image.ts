@@ -348,14 +348,22 @@ function applyPlan(pipeline: Sharp, plan: ResizePlan, kernel: InputSpec['kernel'
   }
 }
 
-function cropRgb(src: Buffer, srcWidth: number, left: number, top: number, width: number, height: number): Buffer {
-  const out = Buffer.allocUnsafe(width * height * 3);
+/**
+ * Crops an interleaved RGB image in place: row y of the crop moves to the start of the buffer, in increasing y. Each
+ * row's source lies at or after its destination and after every earlier row's destination (srcWidth >= width), so
+ * no row is overwritten before it is read, and Buffer.copy moves overlapping bytes correctly. The result is a view
+ * of the front of `src`: no allocation, one pass over the crop.
+ */
+export function cropRgbInPlace(src: Buffer, srcWidth: number, left: number, top: number, width: number, height: number): Buffer {
+  if (left < 0 || top < 0 || left + width > srcWidth || (top + height) * srcWidth * 3 > src.length) {
+    throw new RangeError(`crop ${width}x${height}+${left}+${top} does not fit a ${srcWidth}-wide image of ${src.length} bytes`);
+  }
   const row = width * 3;
   for (let y = 0; y < height; y++) {
     const from = ((top + y) * srcWidth + left) * 3;
-    src.copy(out, y * row, from, from + row);
+    if (from !== y * row) src.copy(src, y * row, from, from + row);
   }
-  return out;
+  return src.subarray(0, row * height);
 }
 
 async function runPlan(
@@ -405,7 +413,7 @@ async function runPlan(
       transform.scaleY = info.height / pre.height;
       transform.offsetX = -left - pre.left * transform.scaleX;
       transform.offsetY = -top - pre.top * transform.scaleY;
-      const pixels = cropRgb(data, info.width, left, top, plan.outWidth, plan.outHeight);
+      const pixels = cropRgbInPlace(data, info.width, left, top, plan.outWidth, plan.outHeight);
       return { pixels, width: plan.outWidth, height: plan.outHeight, transform };
     }
   }

@@ -10,6 +10,7 @@ import {
   DEFAULT_IMAGE_FORMATS,
   IMAGE_FORMATS,
   configureSharp,
+  cropRgbInPlace,
   decodeImage,
   limitRound32Size,
   prepareFromDecoded,
@@ -596,3 +597,29 @@ t.test(
     t.ok(diff <= oneLevel(s), `max |diff| ${diff} within one 8-bit level`);
   },
 );
+
+t.test('cropRgbInPlace equals a crop into a fresh buffer, for every offset of small images', async (t) => {
+  let checked = 0;
+  for (const [srcW, srcH, w, h] of [
+    [5, 4, 3, 2],
+    [7, 7, 7, 7],
+    [9, 3, 2, 3],
+    [4, 9, 4, 5],
+    [31, 17, 8, 16],
+  ] as const) {
+    for (let top = 0; top + h <= srcH; top++) {
+      for (let left = 0; left + w <= srcW; left++) {
+        const src = Buffer.alloc(srcW * srcH * 3);
+        for (let i = 0; i < src.length; i++) src[i] = (i * 7 + 3) % 251;
+        const expected = Buffer.alloc(w * h * 3);
+        for (let y = 0; y < h; y++) src.copy(expected, y * w * 3, ((top + y) * srcW + left) * 3, ((top + y) * srcW + left + w) * 3);
+        const got = cropRgbInPlace(src, srcW, left, top, w, h);
+        if (!got.equals(expected)) t.fail(`${srcW}x${srcH} crop ${w}x${h}+${left}+${top}`);
+        checked++;
+      }
+    }
+  }
+  t.equal(checked, 71, 'every placement of every crop was compared');
+  t.throws(() => cropRgbInPlace(Buffer.alloc(4 * 4 * 3), 4, 1, 0, 4, 4), RangeError, 'a crop past the right edge is refused');
+  t.throws(() => cropRgbInPlace(Buffer.alloc(4 * 4 * 3), 4, 0, 1, 4, 4), RangeError, 'a crop past the bottom is refused');
+});
