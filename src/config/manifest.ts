@@ -36,6 +36,13 @@ export const BatchingSchema = z.strictObject({
   maxQueueSize: z.number().int().min(1).max(1_000_000).default(64),
   /** Time a request may wait in the queue before 503 QUEUE_TIMEOUT; default: OCULAR_REQUEST_TIMEOUT_MS. */
   timeoutMs: z.number().int().positive().optional(),
+  /**
+   * Batch-size tuning at warm-up, for stages of one fixed input size: each size 1, 2, 4, ... up to maxBatchSize is
+   * timed and batches are capped at the smallest size within 5 % of the cheapest per image. 'cpu': only on the CPU
+   * provider, where larger batches are often slower per image; 'always': on every provider; 'off': batches up to
+   * maxBatchSize.
+   */
+  tune: z.enum(['cpu', 'always', 'off']).default('cpu'),
 });
 
 /** One ONNX session: a model file, how images become its input, and how it is batched and placed. */

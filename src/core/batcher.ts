@@ -168,7 +168,7 @@ function checkCount(name: string, value: number, min: number, allowInfinity: boo
 
 export class Batcher<I, O> {
   private readonly name: string;
-  private readonly maxBatchSize: number;
+  private maxBatchSize: number;
   private readonly maxQueueDelayMs: number;
   private readonly maxQueueSize: number;
   private readonly timeoutMs: number;
@@ -210,6 +210,21 @@ export class Batcher<I, O> {
     this.batchKey = opts.batchKey;
     this.clock = opts.clock ?? systemClock;
     this.hooks = opts.hooks ?? {};
+  }
+
+  /** The largest batch this batcher forms now. */
+  get batchLimit(): number {
+    return this.maxBatchSize;
+  }
+
+  /**
+   * Lowers (or restores) the largest batch, e.g. to the size warm-up measured fastest per image. Batches already
+   * running keep their size; the next batch formed obeys the new limit.
+   */
+  setBatchLimit(maxBatchSize: number): void {
+    checkCount('maxBatchSize', maxBatchSize, 1, false);
+    this.maxBatchSize = maxBatchSize;
+    this.pump();
   }
 
   /** Items queued, not running. */

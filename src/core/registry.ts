@@ -9,6 +9,7 @@ import { createOcrPipeline } from '../tasks/ocr/pipeline.js';
 import { createTensorPipeline } from '../tasks/tensor/pipeline.js';
 import { nominalDims, type PipelineDeps, type TaskPipeline } from '../tasks/pipeline.js';
 import type { DecodeLimits } from '../tasks/preprocess/image.js';
+import type { BatchTuningMode } from './batch-tuning.js';
 import { resolveProviders } from './runner/providers.js';
 import { Stage, type Logger } from './stage.js';
 import { isHttpSource, resolveSource } from './source.js';
@@ -40,7 +41,18 @@ export interface StageDescription {
   instances: number;
   inputs: TensorMeta[];
   outputs: TensorMeta[];
-  batching: { maxBatchSize: number; maxQueueDelayMs: number; maxQueueSize: number; timeoutMs: number };
+  batching: {
+    /** The manifest's upper bound. */
+    maxBatchSize: number;
+    /** The largest batch formed: maxBatchSize, or the size warm-up tuning chose. */
+    batchLimit: number;
+    maxQueueDelayMs: number;
+    maxQueueSize: number;
+    timeoutMs: number;
+    tune: BatchTuningMode;
+    /** Per-image time of one batch at each size tried, when the stage was tuned. */
+    tuning?: { tolerance: number; perImageMs: { size: number; ms: number }[] };
+  };
 }
 
 export interface ModelDescription {
@@ -110,9 +122,17 @@ export class ModelHandle {
       outputs: s.pool.info.outputs,
       batching: {
         maxBatchSize: s.batching.maxBatchSize,
+        batchLimit: s.batchLimit,
         maxQueueDelayMs: s.batching.maxQueueDelayMs,
         maxQueueSize: s.batching.maxQueueSize,
         timeoutMs: s.batching.timeoutMs,
+        tune: s.batching.tune,
+        ...(s.tuning !== undefined && {
+          tuning: {
+            tolerance: s.tuning.tolerance,
+            perImageMs: s.tuning.timings.map((t) => ({ size: t.size, ms: Math.round(t.perImageMs * 1000) / 1000 })),
+          },
+        }),
       },
     }));
     const provider = stages[0]?.provider;
@@ -441,6 +461,8 @@ export class ModelRegistry {
             nodeCounts: s.pool.info.nodeCounts,
             instances: s.pool.instances,
             maxBatchSize: s.maxBatchSize,
+            batchLimit: s.batchLimit,
+            ...(s.tuning !== undefined && { batchTuning: s.tuning.timings }),
           },
           'model stage ready',
         );

@@ -2,6 +2,7 @@ import type { InputSpec } from '../config/input-spec.js';
 import type { Batching } from '../config/manifest.js';
 import { OcularError } from '../errors.js';
 import { normalizeParamsOf } from '../tasks/preprocess/normalize.js';
+import type { BatchTuning } from './batch-tuning.js';
 import { Batcher } from './batcher.js';
 import { createSessionPool, type SessionPool } from './runner/session-pool.js';
 import type { Telemetry } from './telemetry.js';
@@ -63,8 +64,11 @@ export class Stage {
   readonly name: string;
   readonly pool: SessionPool;
   readonly batcher: Batcher<PreparedPixels, ItemResult>;
+  /** The configured largest batch (the manifest's, or 1 for a model whose batch dimension is fixed at 1). */
   readonly maxBatchSize: number;
   readonly batching: Batching & { timeoutMs: number };
+  /** The warm-up's batch-size measurement, when the stage was tuned (see applyTuning). */
+  tuning: BatchTuning | undefined = undefined;
 
   private constructor(opts: StageOptions, pool: SessionPool, maxBatchSize: number) {
     this.name = opts.stage;
@@ -111,6 +115,20 @@ export class Stage {
     // A model whose batch dimension is fixed runs that many at a time: only 1 is supported, as one request each.
     const maxBatchSize = batchDim === 1 ? 1 : opts.batching.maxBatchSize;
     return new Stage(opts, pool, maxBatchSize);
+  }
+
+  /** The largest batch formed now: maxBatchSize, or less once tuned. */
+  get batchLimit(): number {
+    return this.batcher.batchLimit;
+  }
+
+  /** Caps batches at the tuning's choice (never above maxBatchSize). */
+  applyTuning(tuning: BatchTuning): void {
+    if (!(tuning.chosen >= 1 && tuning.chosen <= this.maxBatchSize)) {
+      throw new RangeError(`tuned batch size ${tuning.chosen} is outside 1..${this.maxBatchSize}`);
+    }
+    this.tuning = tuning;
+    this.batcher.setBatchLimit(tuning.chosen);
   }
 
   /** Queues one prepared image; resolves with this item's slice of the batch outputs. */

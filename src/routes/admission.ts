@@ -31,7 +31,7 @@ export function createAdmission(): Admission {
   return {
     admit(model, reply) {
       const first = model.stages[0];
-      const limit = first !== undefined ? first.batching.maxQueueSize + first.maxBatchSize * first.pool.instances : Infinity;
+      const limit = first !== undefined ? first.batching.maxQueueSize + first.batchLimit * first.pool.instances : Infinity;
       const current = admitted.get(model.name) ?? 0;
       if (current >= limit) throw new OcularError('QUEUE_FULL', `model ${model.name} has ${current} requests in progress, its limit`);
       admitted.set(model.name, current + 1);

@@ -107,10 +107,22 @@ export const ModelDescriptionSchema = z
         inputs: z.array(TensorMetaSchema),
         outputs: z.array(TensorMetaSchema),
         batching: z.object({
-          maxBatchSize: z.number().int(),
+          maxBatchSize: z.number().int().meta({ description: "the manifest's upper bound" }),
+          batchLimit: z
+            .number()
+            .int()
+            .meta({ description: 'the largest batch formed: maxBatchSize, or the size warm-up tuning chose' }),
           maxQueueDelayMs: z.number(),
           maxQueueSize: z.number().int(),
           timeoutMs: z.number(),
+          tune: z.enum(['cpu', 'always', 'off']),
+          tuning: z
+            .object({
+              tolerance: z.number(),
+              perImageMs: z.array(z.object({ size: z.number().int(), ms: z.number() })),
+            })
+            .optional()
+            .meta({ description: 'per-image time of one batch at each size tried at warm-up, when tuned' }),
         }),
       }),
     ),

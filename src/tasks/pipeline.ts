@@ -1,6 +1,7 @@
 import type { z } from 'zod';
 import type { InputSpec } from '../config/input-spec.js';
 import type { StageEntry, Task } from '../config/manifest.js';
+import { shouldTune, tuneBatchSize } from '../core/batch-tuning.js';
 import { isDynamicSize } from '../core/model-check.js';
 import type { Stage, StageOptions } from '../core/stage.js';
 import type { Timings } from '../core/telemetry.js';
@@ -71,6 +72,10 @@ export function greyPixels(width: number, height: number): PreparedPixels {
  * Warm-up of one stage: a batch of 1, then a full batch, at the nominal size. `fullBatchWidth` narrows the full
  * batch: the OCR recognizer's nominal width is its widest crop (960), and 16 of those cost about 2.4 s of CPU on
  * the CPU provider, most of the default manifest's time to ready, for no more warming than narrower crops give.
+ *
+ * Then, for a stage of one fixed input size whose `batching.tune` applies to its provider, the batch-size tuning
+ * (src/core/batch-tuning.ts): every real batch has the nominal size, so what is timed here is what will run.
+ * Stages of dynamic size (OCR) are not tuned: their batches rarely fill, and the nominal size says little.
  */
 export async function warmupStage(
   stage: Stage,
@@ -83,6 +88,13 @@ export async function warmupStage(
   if (stage.maxBatchSize <= 1) return;
   const full = fullBatchWidth === spec.width ? item : greyPixels(Math.min(spec.width, fullBatchWidth), spec.height);
   await stage.runDirect(Array.from({ length: stage.maxBatchSize }, () => full), policy);
+  if (policy !== 'fixed' || !shouldTune(stage.batching.tune, stage.pool.info.provider, stage.maxBatchSize)) return;
+  const tuning = await tuneBatchSize({
+    maxBatchSize: stage.maxBatchSize,
+    warmed: [1, stage.maxBatchSize],
+    runBatch: (n) => stage.runDirect(Array.from({ length: n }, () => item), policy),
+  });
+  stage.applyTuning(tuning);
 }
 
 export function shapePolicyOf(spec: InputSpec): StageOptions['shapePolicy'] {

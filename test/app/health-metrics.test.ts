@@ -5,6 +5,8 @@
 import { readFileSync } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import t from 'tap';
+import type { Test } from 'tap';
+import { candidateSizes } from '../../src/core/batch-tuning.js';
 import { buildTestApp, sharedModel, writeManifest } from '../helpers/app.js';
 import { imagePath, sharedTestOptions } from '../helpers/shared.js';
 
@@ -33,7 +35,15 @@ interface StageDescription {
   instances: number;
   inputs: TensorMeta[];
   outputs: TensorMeta[];
-  batching: { maxBatchSize: number; maxQueueDelayMs: number; maxQueueSize: number; timeoutMs: number };
+  batching: {
+    maxBatchSize: number;
+    batchLimit: number;
+    maxQueueDelayMs: number;
+    maxQueueSize: number;
+    timeoutMs: number;
+    tune: string;
+    tuning?: { tolerance: number; perImageMs: { size: number; ms: number }[] };
+  };
 }
 interface ModelDescription {
   name: string;
@@ -118,6 +128,36 @@ async function scrape(app: FastifyInstance): Promise<Scrape> {
   return new Scrape(parsePrometheus(res.body));
 }
 
+/** Image models of one fixed input size: tuned at warm-up on the CPU provider by default. */
+const TUNED = ['mobilenetv2', 'yolox-nano', 'ultraface'];
+
+/**
+ * Batch-size tuning as /v1/models reports it. Every shared model runs on the CPU provider under the default
+ * `tune: 'cpu'`: the fixed-size image models are tuned, OCR's dynamic-size stages are not (the tensor models and
+ * deeplabv3, of dynamic size, are checked for consistency whichever they are). What the timings are depends on the
+ * machine, so only their consistency with the limit chosen is checked, never a value.
+ */
+function checkTuning(t: Test, at: string, s: StageDescription, expect: 'tuned' | 'untuned' | 'either'): void {
+  const b = s.batching;
+  t.equal(b.tune, 'cpu', `${at}: tune defaults to cpu`);
+  t.ok(b.batchLimit >= 1 && b.batchLimit <= b.maxBatchSize, `${at}: batch limit ${b.batchLimit} within 1..${b.maxBatchSize}`);
+  const tuning = b.tuning;
+  if (expect === 'tuned') t.ok(tuning !== undefined, `${at}: a fixed-size stage on the CPU provider is tuned`);
+  if (expect === 'untuned') t.equal(tuning, undefined, `${at}: a dynamic-size stage is not tuned`);
+  if (tuning === undefined) {
+    t.equal(b.batchLimit, b.maxBatchSize, `${at}: untuned, the limit is maxBatchSize`);
+    return;
+  }
+  t.same(tuning.perImageMs.map((x) => x.size), candidateSizes(b.maxBatchSize), `${at}: sizes 1, 2, 4, ... max tried`);
+  t.ok(tuning.perImageMs.every((x) => x.ms > 0), `${at}: every size timed`);
+  const best = Math.min(...tuning.perImageMs.map((x) => x.ms));
+  const within = (ms: number): boolean => ms <= best * (1 + tuning.tolerance) + 0.002; // ms are rounded to 1 us
+  const chosen = tuning.perImageMs.find((x) => x.size === b.batchLimit);
+  t.ok(chosen !== undefined && within(chosen.ms), `${at}: the limit ${b.batchLimit} is within the tolerance of the cheapest`);
+  const smaller = tuning.perImageMs.filter((x) => x.size < b.batchLimit);
+  t.ok(smaller.every((x) => x.ms >= best * (1 + tuning.tolerance) - 0.002), `${at}: no smaller size was as cheap`);
+}
+
 t.test('a loaded app', sharedTestOptions(...SHARED), async (t) => {
   const { app, logs } = await buildTestApp(t, { config: { logLevel: 'debug' } });
 
@@ -161,6 +201,7 @@ t.test('a loaded app', sharedTestOptions(...SHARED), async (t) => {
         }
         t.ok(s.batching.maxBatchSize >= 1 && s.batching.maxQueueSize >= 1 && s.batching.timeoutMs > 0, `${at}: batching`);
         t.type(s.batching.maxQueueDelayMs, 'number');
+        checkTuning(t, at, s, TUNED.includes(m.name) ? 'tuned' : m.name === 'ocr' ? 'untuned' : 'either');
       }
     }
     t.same(
@@ -335,4 +376,31 @@ t.test('a draining app', sharedTestOptions(MOBILENET, 'images/cat_chelsea.png'),
   t.same(Object.keys(res.json<Record<string, unknown>>()).sort(), ['code', 'message']);
   t.equal(res.json<{ code: string }>().code, 'DRAINING');
   t.equal(res.headers['retry-after'], '1', 'with Retry-After');
+});
+
+t.test('tune "off" keeps batches up to maxBatchSize; the logs say what each stage got', sharedTestOptions(MOBILENET), async (t) => {
+  const entry = sharedModel('mobilenetv2');
+  const off = { ...entry, name: 'mobilenet-untuned', batching: { maxBatchSize: 4, tune: 'off' } };
+  const tuned = { ...entry, name: 'mobilenet-tuned', batching: { maxBatchSize: 4 } };
+  const { app, logs } = await buildTestApp(t, { manifestPath: writeManifest([off, tuned]) });
+  const describe = async (name: string): Promise<StageDescription['batching']> => {
+    const res = await app.inject({ method: 'GET', url: `/v1/models/${name}` });
+    const stage = res.json<ModelDescription>().stages[0];
+    if (stage === undefined) throw new Error(`${name}: no stage`);
+    return stage.batching;
+  };
+  const untunedBatching = await describe('mobilenet-untuned');
+  t.equal(untunedBatching.tune, 'off');
+  t.equal(untunedBatching.batchLimit, 4);
+  t.equal(untunedBatching.tuning, undefined);
+  const tunedBatching = await describe('mobilenet-tuned');
+  t.same(
+    tunedBatching.tuning?.perImageMs.map((x) => x.size),
+    [1, 2, 4],
+  );
+  const ready = logs.find('model stage ready');
+  const limitOf = (model: string): unknown => ready.find((l) => l['model'] === model)?.['batchLimit'];
+  t.equal(limitOf('mobilenet-untuned'), 4);
+  t.equal(limitOf('mobilenet-tuned'), tunedBatching.batchLimit);
+  t.ok(Array.isArray(ready.find((l) => l['model'] === 'mobilenet-tuned')?.['batchTuning']), 'the tuning timings are logged');
 });

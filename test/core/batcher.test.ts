@@ -715,3 +715,27 @@ t.test('with the system clock a delayed batch flushes on its own', async (t) => 
   t.ok((results[0]?.queueMs ?? 0) >= 4);
   await batcher.close();
 });
+
+t.test('setBatchLimit caps the batches formed after it; a running batch keeps its size', async (t) => {
+  const { runner, batcher, enqueue } = setup({ maxBatchSize: 4 });
+  t.equal(batcher.batchLimit, 4);
+  const all = [1, 2, 3, 4, 5, 6, 7, 8, 9].map((n) => enqueue(n));
+  // 1 runs alone (the runner was idle); 2..5 form the next batch of 4 when it ends.
+  runner.call(0).resolve(echo(runner.call(0).items));
+  await settle();
+  t.same(runner.call(1).items, [2, 3, 4, 5]);
+  batcher.setBatchLimit(2);
+  t.equal(batcher.batchLimit, 2);
+  for (let i = 1; i < 4; i++) {
+    runner.call(i).resolve(echo(runner.call(i).items));
+    await settle();
+  }
+  t.same(
+    runner.calls.map((c) => c.items),
+    [[1], [2, 3, 4, 5], [6, 7], [8, 9]],
+  );
+  t.ok(all.every((r) => r.status === 'resolved'));
+  t.throws(() => batcher.setBatchLimit(0), RangeError, 'a limit below 1 is refused');
+  t.throws(() => batcher.setBatchLimit(1.5), RangeError, 'a fractional limit is refused');
+  t.equal(batcher.batchLimit, 2, 'a refused limit leaves the last one');
+});

@@ -1,0 +1,87 @@
+/**
+ * Batch-size tuning at warm-up: time one batch at each candidate size and cap dynamic batching at the smallest
+ * size whose cost per image is within a tolerance of the cheapest.
+ *
+ * Why: a larger batch is not always cheaper per image. On a GPU it nearly always is (one kernel launch for many
+ * images); on the CPU provider it often is not: on the 2-core development machine, with one intra-op thread,
+ * yolox-nano costs about 20 ms per image at batch 1 and 2 and 22-23 ms at batch 8 (its 416 x 416 activations no
+ * longer fit the caches), and mobilenetv2-12-int8 is cheapest at batch 2 (docs/PERFORMANCE.md). Batching past the
+ * cheapest size then costs throughput and adds latency. The manifest's maxBatchSize stays the upper bound; the
+ * tuned limit is reported in /v1/models and in the logs.
+ *
+ * Measurement: every size is run once untimed (onnxruntime allocates per shape on the first run), then `repeats`
+ * times timed; the minimum is kept, the figure least disturbed by other work on the machine.
+ */
+
+export type BatchTuningMode = 'cpu' | 'always' | 'off';
+
+export interface BatchSizeTiming {
+  size: number;
+  /** Fastest timed run of one batch of this size, divided by the size. */
+  perImageMs: number;
+}
+
+export interface BatchTuning {
+  /** Cheapest per image within this fraction is good enough; the smallest such size wins (less latency). */
+  tolerance: number;
+  timings: BatchSizeTiming[];
+  /** The batch limit chosen: never above the configured maxBatchSize. */
+  chosen: number;
+}
+
+export const DEFAULT_TOLERANCE = 0.05;
+
+/** 1, 2, 4, ... below max, then max itself: at most log2(max) + 2 sizes. */
+export function candidateSizes(max: number): number[] {
+  if (!(Number.isInteger(max) && max >= 1)) throw new RangeError(`max batch size must be an integer >= 1, got ${max}`);
+  const sizes: number[] = [];
+  for (let size = 1; size < max; size *= 2) sizes.push(size);
+  sizes.push(max);
+  return sizes;
+}
+
+/** The smallest size whose per-image time is within `tolerance` of the cheapest; throws on no usable timing. */
+export function chooseBatchSize(timings: readonly BatchSizeTiming[], tolerance = DEFAULT_TOLERANCE): number {
+  const usable = timings.filter((t) => Number.isFinite(t.perImageMs) && t.perImageMs >= 0);
+  if (usable.length === 0) throw new RangeError('no batch size timing to choose from');
+  const best = Math.min(...usable.map((t) => t.perImageMs));
+  const good = usable.filter((t) => t.perImageMs <= best * (1 + tolerance));
+  return Math.min(...good.map((t) => t.size));
+}
+
+export interface TuneOptions {
+  maxBatchSize: number;
+  /** Runs one batch of n images and resolves when it is done. */
+  runBatch(n: number): Promise<void>;
+  /** Sizes already run once (the warm-up's 1 and max): their untimed first run is skipped. */
+  warmed?: readonly number[];
+  repeats?: number;
+  tolerance?: number;
+  now?: () => number;
+}
+
+export async function tuneBatchSize(opts: TuneOptions): Promise<BatchTuning> {
+  const repeats = opts.repeats ?? 2;
+  if (!(Number.isInteger(repeats) && repeats >= 1)) throw new RangeError(`repeats must be an integer >= 1, got ${repeats}`);
+  const tolerance = opts.tolerance ?? DEFAULT_TOLERANCE;
+  const now = opts.now ?? (() => performance.now());
+  const warmed = new Set(opts.warmed ?? []);
+  const timings: BatchSizeTiming[] = [];
+  for (const size of candidateSizes(opts.maxBatchSize)) {
+    if (!warmed.has(size)) await opts.runBatch(size);
+    let fastest = Infinity;
+    for (let i = 0; i < repeats; i++) {
+      const started = now();
+      await opts.runBatch(size);
+      fastest = Math.min(fastest, now() - started);
+    }
+    timings.push({ size, perImageMs: fastest / size });
+  }
+  return { tolerance, timings, chosen: chooseBatchSize(timings, tolerance) };
+}
+
+/** Whether a stage on `provider` is tuned under `mode`. */
+export function shouldTune(mode: BatchTuningMode, provider: string, maxBatchSize: number): boolean {
+  if (maxBatchSize <= 1 || mode === 'off') return false;
+  return mode === 'always' || provider === 'cpu';
+}
