@@ -7,7 +7,9 @@
  * Bodies are the real photos, round-robin across the whole load (one shared counter), prepared once.
  * Traffic goes only where `url` points; scripts/loadtest.ts and scripts/bench.ts use 127.0.0.1.
  */
+import { spawn } from 'node:child_process';
 import http from 'node:http';
+import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import type { PreparedBody } from './photos.js';
 import { summarize, type LatencySummary } from './stats.js';
@@ -163,36 +165,42 @@ export async function openLoop(
 }
 
 /**
- * Polls GET `path` (default /healthz) every `intervalMs` on its own connection until stopped; resolves with
- * the latencies in ms. A failed probe counts as its elapsed time, so an unanswering server shows up.
+ * Polls `path` every `intervalMs` from a child process of its own (scripts/lib/probe-child.ts), as a kubelet's
+ * liveness probe would, so that the latency measured is the server's and the machine's, not the delay of this
+ * process's event loop, which is busy driving the load. Resolves once the child's first probe was answered.
  */
-export function probeLatency(baseUrl: string, intervalMs = 50, path = '/healthz'): { stop(): Promise<LatencySummary> } {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-  const url = new URL(baseUrl);
-  const samples: number[] = [];
-  let stopped = false;
-  const loop = (async () => {
-    while (!stopped) {
-      const t0 = performance.now();
-      await new Promise<void>((resolve) => {
-        const req = http.get({ agent, host: url.hostname, port: url.port, path, timeout: 10_000 }, (res) => {
-          res.resume();
-          res.on('end', () => resolve());
-        });
-        req.on('timeout', () => req.destroy(new Error('timeout')));
-        req.on('error', () => resolve());
-      });
-      samples.push(performance.now() - t0);
-      const rest = intervalMs - (performance.now() - t0);
-      if (rest > 0) await new Promise((r) => setTimeout(r, rest));
-    }
-  })();
+export async function probeLatency(
+  baseUrl: string,
+  intervalMs = 50,
+  path = '/healthz',
+): Promise<{ stop(): Promise<LatencySummary> }> {
+  const script = fileURLToPath(new URL('./probe-child.ts', import.meta.url));
+  const child = spawn(process.execPath, ['--import', 'tsx', script, baseUrl, String(intervalMs), path], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.setEncoding('utf8');
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    const onData = (chunk: string): void => {
+      out += chunk;
+      if (out.includes('ready\n')) {
+        out = out.slice(out.indexOf('ready\n') + 'ready\n'.length);
+        child.stdout.off('data', onData);
+        child.stdout.on('data', (more: string) => (out += more));
+        resolve();
+      }
+    };
+    child.stdout.on('data', onData);
+    child.once('error', reject);
+    void exited.then((code) => reject(new Error(`the probe process exited with code ${code} before its first probe`)));
+  });
   return {
     async stop() {
-      stopped = true;
-      await loop;
-      agent.destroy();
-      return summarize(samples);
+      child.stdin.end();
+      const code = await exited;
+      if (code !== 0) throw new Error(`the probe process exited with code ${code}`);
+      return summarize(JSON.parse(out.trim()) as number[]);
     },
   };
 }
