@@ -5,6 +5,7 @@ import { ConfigError, helpText, parseConfig } from './config/config.js';
 import { AuthConfigError } from './plugins/auth.js';
 import { loadManifest } from './config/manifest.js';
 import { configureSharp } from './tasks/preprocess/image.js';
+import { currentThreadId, startThreadRenicer } from './core/runner/thread-priority.js';
 
 /**
  * Process entry: parse the config, build the app, listen early (liveness answers while models load), load the
@@ -50,6 +51,14 @@ async function main(): Promise<void> {
   for (const w of warnings) logger.warn({}, w);
 
   configureSharp(config.imageFormats);
+  if (config.computeNice > 0) {
+    // Image decoding at a lower priority than the event loop; the inference workers lower themselves.
+    if (currentThreadId() === undefined) {
+      logger.info({ nice: config.computeNice }, 'per-thread priorities need Linux and /proc: compute threads keep the process priority');
+    } else {
+      startThreadRenicer({ nice: config.computeNice });
+    }
+  }
 
   let manifest;
   try {

@@ -122,6 +122,12 @@ const OPTIONS = {
     help: 'onnxruntime intra-op threads per session (0 = half the cores, at least 1; the rest decode images)',
     schema: nonNegativeInt().default(0),
   },
+  computeNice: {
+    env: 'OCULAR_COMPUTE_NICE',
+    flag: 'compute-nice',
+    help: 'Linux: nice value (0-19) of the threads that decode images and run inference, so that the event loop (probes, new requests) runs first on busy cores; 0 leaves them at the process priority',
+    schema: nonNegativeInt().max(19).default(10),
+  },
   corsOrigins: {
     env: 'OCULAR_CORS_ORIGINS',
     flag: 'cors-origins',

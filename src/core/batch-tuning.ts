@@ -9,8 +9,9 @@
  * cheapest size then costs throughput and adds latency. The manifest's maxBatchSize stays the upper bound; the
  * tuned limit is reported in /v1/models and in the logs.
  *
- * Measurement: every size is run once untimed (onnxruntime allocates per shape on the first run), then `repeats`
- * times timed; the minimum is kept, the figure least disturbed by other work on the machine.
+ * Measurement: every size is run once untimed (onnxruntime allocates per shape on the first run), then timed in
+ * `repeats` rounds over all sizes (default 3); each size keeps its fastest run, the figure least disturbed by other
+ * work on the machine.
  */
 
 export type BatchTuningMode = 'cpu' | 'always' | 'off';
@@ -61,22 +62,24 @@ export interface TuneOptions {
 }
 
 export async function tuneBatchSize(opts: TuneOptions): Promise<BatchTuning> {
-  const repeats = opts.repeats ?? 2;
+  const repeats = opts.repeats ?? 3;
   if (!(Number.isInteger(repeats) && repeats >= 1)) throw new RangeError(`repeats must be an integer >= 1, got ${repeats}`);
   const tolerance = opts.tolerance ?? DEFAULT_TOLERANCE;
   const now = opts.now ?? (() => performance.now());
   const warmed = new Set(opts.warmed ?? []);
-  const timings: BatchSizeTiming[] = [];
-  for (const size of candidateSizes(opts.maxBatchSize)) {
-    if (!warmed.has(size)) await opts.runBatch(size);
-    let fastest = Infinity;
-    for (let i = 0; i < repeats; i++) {
+  const sizes = candidateSizes(opts.maxBatchSize);
+  for (const size of sizes) if (!warmed.has(size)) await opts.runBatch(size);
+  // Rounds over every size, so that a slow spell of the machine (another process, a frequency change) touches
+  // all sizes alike instead of all the repeats of one.
+  const fastest = new Map(sizes.map((size) => [size, Infinity]));
+  for (let round = 0; round < repeats; round++) {
+    for (const size of sizes) {
       const started = now();
       await opts.runBatch(size);
-      fastest = Math.min(fastest, now() - started);
+      fastest.set(size, Math.min(fastest.get(size) ?? Infinity, now() - started));
     }
-    timings.push({ size, perImageMs: fastest / size });
   }
+  const timings = sizes.map((size) => ({ size, perImageMs: (fastest.get(size) ?? Infinity) / size }));
   return { tolerance, timings, chosen: chooseBatchSize(timings, tolerance) };
 }
 

@@ -153,7 +153,7 @@ export interface RegistryOptions {
   manifest: LoadedManifest;
   config: Pick<
     Config,
-    'device' | 'providers' | 'gpuDeviceId' | 'cacheDir' | 'intraOpThreads' | 'requestTimeoutMs' | 'maxInputPixels' | 'imageFormats'
+    'device' | 'providers' | 'gpuDeviceId' | 'cacheDir' | 'intraOpThreads' | 'computeNice' | 'requestTimeoutMs' | 'maxInputPixels' | 'imageFormats'
   > &
     Partial<Pick<Config, 'shutdownGraceMs' | 'sourceCaFile' | 'downloadStallMs' | 'allowHttpSources'>>;
   logger: Logger;
@@ -520,6 +520,7 @@ export class ModelRegistry {
       fallbackToCpu: plan.fallbackToCpu,
       gpuDeviceId: config.gpuDeviceId,
       intraOpNumThreads: intraOpThreadsOf(config),
+      nice: config.computeNice,
       warmupDims: warmupDims ?? nominalDims(entry.input, 1),
       shapePolicy,
       telemetry,

@@ -35,6 +35,8 @@ export interface StageOptions {
   fallbackToCpu: boolean;
   gpuDeviceId: number;
   intraOpNumThreads: number;
+  /** Nice value of the inference threads (0: unchanged); see runner/thread-priority.ts. */
+  nice?: number;
   /** Dims of the profiled warm-up run, e.g. [1, 3, 224, 224]. */
   warmupDims: number[];
   /**
@@ -105,6 +107,7 @@ export class Stage {
       instances: opts.instances,
       intraOpNumThreads: opts.intraOpNumThreads,
       interOpNumThreads: 1,
+      ...(opts.nice !== undefined && { nice: opts.nice }),
       ...(opts.input.name !== undefined ? { inputName: opts.input.name } : {}),
       normalize: normalizeParamsOf(opts.input),
       warmupDims: opts.warmupDims,

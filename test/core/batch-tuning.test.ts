@@ -26,7 +26,7 @@ t.test('the smallest size within the tolerance of the cheapest per image is chos
   t.throws(() => chooseBatchSize([]), RangeError);
 });
 
-t.test('tuneBatchSize warms each new size once, times the rest, and keeps the fastest run', async (t) => {
+t.test('tuneBatchSize warms each new size once, times rounds over all sizes, and keeps the fastest run of each', async (t) => {
   let clock = 0;
   const runs: number[] = [];
   // Per-image cost by size, with the first timed run of each size disturbed (slower): the minimum must be kept.
@@ -46,8 +46,8 @@ t.test('tuneBatchSize warms each new size once, times the rest, and keeps the fa
   });
   t.same(
     runs,
-    [1, 1, 2, 2, 2, 4, 4, 4, 8, 8],
-    'sizes 2 and 4 get an untimed first run; 1 and 8 were warmed already',
+    [2, 4, 1, 2, 4, 8, 1, 2, 4, 8],
+    'sizes 2 and 4 get an untimed first run (1 and 8 were warmed already), then two rounds over every size',
   );
   t.same(
     tuning.timings.map((x) => [x.size, x.perImageMs]),
@@ -57,7 +57,7 @@ t.test('tuneBatchSize warms each new size once, times the rest, and keeps the fa
       [4, 9.25],
       [8, 12],
     ],
-    'the warmed sizes count their first timed run as disturbed and keep the second; the others time only warm runs',
+    'each size keeps its fastest run: the disturbed first run of each is dropped',
   );
   t.equal(tuning.chosen, 2);
   t.equal(tuning.tolerance, 0.05);

@@ -49,6 +49,8 @@ export interface SessionPoolOptions {
   /** Shape of the one profiled warm-up run (node counts per provider); default the input shape with batch 1. */
   warmupDims?: number[];
   logger?: PoolLogger;
+  /** Nice value for the inference threads (see thread-priority.ts); 0 or absent: unchanged. */
+  nice?: number;
   /** Called with a run error that means the GPU is unusable (CUDA/cuDNN failure); main should exit non-zero. */
   onFatal?: (err: Error) => void;
 }
@@ -215,6 +217,7 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
     interOpNumThreads: opts.interOpNumThreads,
     normalize: opts.normalize,
     ...(opts.inputName !== undefined && { inputName: opts.inputName }),
+    ...(opts.nice !== undefined && opts.nice > 0 && { nice: opts.nice }),
     profile: false,
   };
 
@@ -389,6 +392,9 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
       { model, requested: opts.providers, provider: first.provider, reason: first.fallbackReason },
       'execution provider fallback',
     );
+  }
+  if (first.niceError !== undefined) {
+    log.warn({ model, nice: opts.nice, reason: first.niceError }, 'inference threads keep their priority');
   }
   if (first.profileError !== undefined) {
     log.warn({ model, reason: first.profileError }, 'node counts unavailable');

@@ -19,6 +19,7 @@ import type { InferenceSession, Tensor } from 'onnxruntime-common';
 import { normalizeInto, type NormalizeParams } from '../../tasks/preprocess/normalize.js';
 import type { ExactData, Outputs, ProviderName, TensorMeta } from '../types.js';
 import { createSessionWithFallback } from './providers.js';
+import { lowerCurrentThread } from './thread-priority.js';
 
 export interface WorkerInit {
   modelPath: string;
@@ -34,6 +35,8 @@ export interface WorkerInit {
   profile: boolean;
   /** Shape of the profiled run's image input; default the model's input shape with a dynamic batch of 1. */
   warmupDims?: number[];
+  /** Nice value for this thread and the intra-op threads onnxruntime starts (thread-priority.ts); 0: unchanged. */
+  nice?: number;
 }
 
 export type FeedData = Float32Array | Int32Array | BigInt64Array | Uint8Array | Int8Array | Float64Array;
@@ -81,6 +84,8 @@ export type FromWorker =
       nodeCounts: Record<string, number>;
       /** Why nodeCounts is empty although profiling was asked for. */
       profileError?: string;
+      /** Why the thread's priority could not be lowered as asked. */
+      niceError?: string;
     }
   | { type: 'initError'; message: string }
   | { type: 'result'; id: number; outputs: Outputs }
@@ -230,6 +235,8 @@ function crash(code = CRASH_EXIT_CODE): never {
 
 async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Promise<void> {
   const post = (msg: FromWorker, transfer?: ArrayBuffer[]): void => port.postMessage(msg, transfer);
+  // Before the session exists, so that onnxruntime's intra-op threads inherit the lower priority.
+  const niced = init.nice !== undefined && init.nice > 0 ? lowerCurrentThread(init.nice) : undefined;
 
   let session: InferenceSession;
   let inputName: string;
@@ -274,6 +281,7 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
       outputs,
       nodeCounts,
       ...(profileError !== undefined && { profileError }),
+      ...(niced !== undefined && !niced.ok && { niceError: niced.reason }),
     });
   } catch (err) {
     if (profileDir !== undefined) await rm(profileDir, { recursive: true, force: true });
