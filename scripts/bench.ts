@@ -42,7 +42,7 @@ Options
   --open-duration S     seconds of the open-loop run (default 20)
   --rss-requests A,B    requests before the two RSS readings (default 2000,20000)
   --rss-seconds S       time limit of the RSS part (default 240): the second reading is taken then at the latest
-  --yolox-rounds N      rounds of the yolox-nano batching comparison (default 2)
+  --yolox-rounds N      rounds of the yolox-nano batching comparison (default 3)
   --intra-op-threads N  onnxruntime intra-op threads for every contender (default: Ocular's default)
   --skip LIST           parts to skip, comma-separated: prep,ready,yolox,rss,open,nice0 (the OCULAR_COMPUTE_NICE=0 contender)
   --out PATH            report path without extension (default .cache/bench/bench): PATH.md and PATH.json
@@ -78,7 +78,7 @@ const opt = {
   openDurationS: Number(values['open-duration'] ?? (quick ? 6 : 20)),
   rss: (values['rss-requests'] ?? (quick ? '300,1500' : '2000,20000')).split(',').map(Number) as [number, number],
   rssSeconds: Number(values['rss-seconds'] ?? (quick ? 60 : 240)),
-  yoloxRounds: Number(values['yolox-rounds'] ?? (quick ? 1 : 2)),
+  yoloxRounds: Number(values['yolox-rounds'] ?? (quick ? 1 : 3)),
   intraOp: Number(values['intra-op-threads']),
   skip: new Set(values.skip.split(',').filter((s) => s.length > 0)),
 };

@@ -38,7 +38,7 @@ export const BatchingSchema = z.strictObject({
   timeoutMs: z.number().int().positive().optional(),
   /**
    * Batch-size tuning at warm-up, for stages of one fixed input size: each size 1, 2, 4, ... up to maxBatchSize is
-   * timed and batches are capped at the smallest size within 5 % of the cheapest per image. 'cpu': only on the CPU
+   * timed and batches are capped at the smallest size within 15 % (CPU provider; 5 % others) of the cheapest per image. 'cpu': only on the CPU
    * provider, where larger batches are often slower per image; 'always': on every provider; 'off': batches up to
    * maxBatchSize.
    */

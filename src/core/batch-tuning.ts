@@ -1,6 +1,7 @@
 /**
  * Batch-size tuning at warm-up: time one batch at each candidate size and cap dynamic batching at the smallest
- * size whose cost per image is within a tolerance of the cheapest.
+ * size whose cost per image is within a tolerance of the cheapest (5 %; 15 % on the CPU provider, see
+ * CPU_TOLERANCE).
  *
  * Why: a larger batch is not always cheaper per image. On a GPU it nearly always is (one kernel launch for many
  * images); on the CPU provider it often is not: on the 2-core development machine, with one intra-op thread,
@@ -31,6 +32,19 @@ export interface BatchTuning {
 }
 
 export const DEFAULT_TOLERANCE = 0.05;
+
+/**
+ * On the CPU provider a larger batch must be more than 15 % cheaper per image at warm-up to be chosen. Warm-up times
+ * the model alone on idle cores; in service the same cores decode images at the same time, and there a larger
+ * batch loses more than the warm-up shows: yolox-nano measured 8 % cheaper per image at batch 8 than at 1 during
+ * warm-up, and served 17 % fewer requests at batch 8 than at batch 1 under 16 connections (docs/PERFORMANCE.md).
+ */
+export const CPU_TOLERANCE = 0.15;
+
+/** The tolerance tuning uses on `provider`. */
+export function toleranceFor(provider: string): number {
+  return provider === 'cpu' ? CPU_TOLERANCE : DEFAULT_TOLERANCE;
+}
 
 /** 1, 2, 4, ... below max, then max itself: at most log2(max) + 2 sizes. */
 export function candidateSizes(max: number): number[] {

@@ -1,7 +1,7 @@
 import type { z } from 'zod';
 import type { InputSpec } from '../config/input-spec.js';
 import type { StageEntry, Task } from '../config/manifest.js';
-import { shouldTune, tuneBatchSize } from '../core/batch-tuning.js';
+import { shouldTune, toleranceFor, tuneBatchSize } from '../core/batch-tuning.js';
 import { isDynamicSize } from '../core/model-check.js';
 import type { Stage, StageOptions } from '../core/stage.js';
 import type { Timings } from '../core/telemetry.js';
@@ -91,6 +91,7 @@ export async function warmupStage(
   if (policy !== 'fixed' || !shouldTune(stage.batching.tune, stage.pool.info.provider, stage.maxBatchSize)) return;
   const tuning = await tuneBatchSize({
     maxBatchSize: stage.maxBatchSize,
+    tolerance: toleranceFor(stage.pool.info.provider),
     warmed: [1, stage.maxBatchSize],
     runBatch: (n) => stage.runDirect(Array.from({ length: n }, () => item), policy),
   });
