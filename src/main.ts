@@ -95,13 +95,14 @@ async function main(): Promise<void> {
     if (forcing) return;
     forcing = true;
     logger.error({ why, open: app.inFlight.open, graceMs: config.shutdownGraceMs }, 'forced shutdown: answering the remaining requests 503');
-    app.inFlight.answerAll(1000).then(
-      (answered) => {
-        logger.error({ answered }, 'exiting with work unfinished');
-        process.exit(1);
-      },
-      () => process.exit(1),
-    );
+    // Then the runs already inside onnxruntime finish (at most 2 s): exiting in the middle of one aborts the process.
+    void app.inFlight
+      .answerAll(1000)
+      .then(async (answered) => {
+        const quiet = await app.ocular.models.haltRuns(2000);
+        logger.error({ answered, runsFinished: quiet }, 'exiting with work unfinished');
+      })
+      .finally(() => process.exit(1));
   };
   const shutdown = (signal: string) => {
     if (shuttingDown) {

@@ -542,6 +542,15 @@ export class ModelRegistry {
     this.draining = true;
   }
 
+  /**
+   * For a forced exit: no stage starts another run, and this resolves once none is inside one (true) or after
+   * `timeoutMs` (false). See SessionPool.halt: exiting in the middle of a native run aborts the process.
+   */
+  async haltRuns(timeoutMs: number): Promise<boolean> {
+    const halted = await Promise.all([...this.liveStages].map((s) => s.pool.halt(timeoutMs)));
+    return halted.every(Boolean);
+  }
+
   /** Drains: stops accepting, lets queued and in-flight work finish, then releases every session and worker. */
   close(): Promise<void> {
     this.draining = true;

@@ -106,6 +106,13 @@ export interface SessionPool {
   injectFault(kind: WorkerFault): void;
   /** Waits for queued and in-flight runs, then releases the sessions and ends the workers. Idempotent. */
   close(): Promise<void>;
+  /**
+   * For a forced exit: starts no further run and resolves once no worker is inside one (true), or after
+   * `timeoutMs` (false). process.exit() while a worker is inside session.run aborts the process: the binding
+   * throws into the ending environment ("terminate called after throwing an instance of 'Napi::Error'").
+   * Queued runs stay queued until close(), which refuses them (DRAINING); the pool runs nothing more.
+   */
+  halt(timeoutMs: number): Promise<boolean>;
 }
 
 const WORKER_URL = new URL('./worker' + extname(fileURLToPath(import.meta.url)), import.meta.url);
@@ -245,7 +252,15 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
     if (inFlight === 0 && queue.length === 0) onDrained?.();
   };
 
+  let halted = false;
+  let onQuiet: (() => void) | undefined;
+  const running = (): boolean => [...handles].some((h) => h.job !== undefined);
+
   const dispatch = (): void => {
+    if (halted) {
+      if (!running()) onQuiet?.();
+      return;
+    }
     while (idleList.length > 0 && queue.length > 0) {
       const handle = idleList.pop() as WorkerHandle;
       const job = queue.shift() as Job;
@@ -499,9 +514,24 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
       pendingFault = kind;
     },
 
+    halt(timeoutMs: number): Promise<boolean> {
+      halted = true;
+      if (!running()) return Promise.resolve(true);
+      return new Promise<boolean>((resolve) => {
+        // Not unref'd: the caller exits once this settles, and must not exit earlier by running out of work.
+        const timer = setTimeout(() => resolve(false), timeoutMs);
+        onQuiet = () => {
+          clearTimeout(timer);
+          resolve(true);
+        };
+      });
+    },
+
     close(): Promise<void> {
       closed ??= (async () => {
         closing = true;
+        // After halt() queued runs would never start: they are refused instead of waited for.
+        if (halted) for (const job of queue.splice(0)) settle(job, { error: new OcularError('DRAINING', `session pool of model ${model} was halted`) });
         if (inFlight > 0) await new Promise<void>((resolve) => (onDrained = resolve));
         for (const timer of respawnTimers) clearTimeout(timer);
         respawnTimers.clear();

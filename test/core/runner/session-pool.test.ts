@@ -13,6 +13,7 @@ import {
 import { type NormalizeParams, normalizeParamsOf } from '../../../src/tasks/preprocess/normalize.js';
 import { mobilenetV2Spec, yoloxNanoSpec } from '../../fixtures/input-specs.js';
 import type { PreparedPixels } from '../../../src/core/types.js';
+import { OcularError } from '../../../src/errors.js';
 import { maxAbsDiff, modelPath, readTensorProto, sharedPath, sharedTestOptions } from '../../helpers/shared.js';
 
 // Profiling traces go to os.tmpdir(); a private one for this file (the workers share process.env) lets the test
@@ -273,4 +274,28 @@ t.test('an ordinary run error does not reach onFatal', sharedTestOptions(MOBILEN
     message: /missing in 'feeds'/,
   });
   t.equal(fatal, undefined);
+});
+
+t.test('halt: no run starts after it; it resolves once no worker is inside a run, or false at its timeout', sharedTestOptions(MOBILENET), async (t) => {
+  const pool = await createSessionPool(mobilenetOptions({ instances: 1 }));
+  const held = pool.hold();
+  await held.entered;
+  t.equal(await pool.halt(100), false, 'a worker still inside a run: false after the timeout');
+  let queuedSettled = false;
+  const queued = pool.runImages({ items: [pixels(224, 224, 11)], tensorHeight: 224, tensorWidth: 224 });
+  const queuedError = queued.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  void queuedError.then(() => (queuedSettled = true));
+  const quiet = pool.halt(10_000);
+  held.release();
+  await held.done;
+  t.equal(await quiet, true, 'true once the held run has ended');
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  t.equal(queuedSettled, false, 'a run queued after halt was never started');
+  t.equal(await pool.halt(10), true, 'nothing running: true at once');
+  await pool.close();
+  const err = await queuedError;
+  t.equal(err instanceof OcularError ? err.code : err, 'DRAINING', 'close() refuses what halt left queued');
 });
