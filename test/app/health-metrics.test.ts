@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import t from 'tap';
 import type { Test } from 'tap';
 import { candidateSizes } from '../../src/core/batch-tuning.js';
+import type { ModelDescription, StageDescription } from '../../src/core/registry.js';
 import { buildTestApp, sharedModel, writeManifest } from '../helpers/app.js';
 import { imagePath, sharedTestOptions } from '../helpers/shared.js';
 
@@ -23,36 +24,6 @@ const SHARED = [
 ];
 const MODELS = ['mobilenetv2', 'yolox-nano', 'ultraface', 'ocr', 'ocr-det', 'ocr-rec', 'deeplabv3'];
 
-interface TensorMeta {
-  name: string;
-  type: string;
-  shape: number[];
-}
-interface StageDescription {
-  stage: string;
-  provider: string;
-  nodeCounts: Record<string, number>;
-  instances: number;
-  inputs: TensorMeta[];
-  outputs: TensorMeta[];
-  batching: {
-    maxBatchSize: number;
-    batchLimit: number;
-    maxQueueDelayMs: number;
-    maxQueueSize: number;
-    timeoutMs: number;
-    tune: string;
-    tuning?: { tolerance: number; perImageMs: { size: number; ms: number }[] };
-  };
-}
-interface ModelDescription {
-  name: string;
-  version: string;
-  task: string;
-  state: string;
-  provider?: string;
-  stages: StageDescription[];
-}
 interface Readiness {
   status: string;
   models: { name: string; version: string; state: string; provider?: string }[];
