@@ -9,6 +9,7 @@
  */
 import { spawn } from 'node:child_process';
 import http from 'node:http';
+import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import type { PreparedBody } from './photos.js';
@@ -174,8 +175,10 @@ export async function probeLatency(
   intervalMs = 50,
   path = '/healthz',
 ): Promise<{ stop(): Promise<LatencySummary> }> {
-  const script = fileURLToPath(new URL('./probe-child.ts', import.meta.url));
-  const child = spawn(process.execPath, ['--import', 'tsx', script, baseUrl, String(intervalMs), path], {
+  // The sibling of this file: probe-child.ts run with tsx from sources, probe-child.js once built.
+  const ext = extname(fileURLToPath(import.meta.url));
+  const script = fileURLToPath(new URL(`./probe-child${ext}`, import.meta.url));
+  const child = spawn(process.execPath, [...(ext === '.ts' ? ['--import', 'tsx'] : []), script, baseUrl, String(intervalMs), path], {
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   let out = '';
