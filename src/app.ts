@@ -7,6 +7,7 @@ import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fast
 import type { Logger } from 'pino';
 import type { Config } from './config/config.js';
 import type { LoadedManifest } from './config/manifest.js';
+import { BodyPool } from './core/body-pool.js';
 import { InferParser } from './core/infer-parser.js';
 import { ModelRegistry } from './core/registry.js';
 import { loadKeyDigests, registerAuth } from './plugins/auth.js';
@@ -22,6 +23,7 @@ import { registerMetricsRoute } from './routes/metrics.js';
 import { registerModelRoutes } from './routes/models.js';
 import { registerPlaygroundRoutes } from './routes/playground.js';
 import { registerPredictRoute } from './routes/predict.js';
+import { registerRawBodyParser } from './routes/raw-body.js';
 import { registerV2Routes } from './routes/v2/index.js';
 
 /**
@@ -35,6 +37,8 @@ export interface Ocular {
   metrics: Metrics;
   /** Re-reads the manifest and applies it without downtime (SIGHUP, file change); logs, never throws. */
   reload(trigger: string): Promise<void>;
+  /** Buffers for raw image bodies (routes/raw-body.ts). */
+  bodyPool: BodyPool;
 }
 
 declare module 'fastify' {
@@ -87,7 +91,8 @@ export async function buildApp({ config, manifest, logger, onFatal }: BuildOptio
   const models = new ModelRegistry({ manifest, config, logger, telemetry: metrics, onFatal });
   metrics.attach(models);
   const parser = new InferParser();
-  app.decorate('ocular', { models, metrics, reload: (trigger: string) => reloadManifest(models, logger, trigger) });
+  const bodyPool = new BodyPool();
+  app.decorate('ocular', { models, metrics, reload: (trigger: string) => reloadManifest(models, logger, trigger), bodyPool });
   app.addHook('onClose', async () => {
     await models.close();
     await parser.close();
@@ -111,11 +116,11 @@ export async function buildApp({ config, manifest, logger, onFatal }: BuildOptio
   // Bodies: images as raw bytes (the format is sniffed from the bytes later, never trusted from the header),
   // and multipart. Everything else is 415.
   app.removeAllContentTypeParsers();
-  for (const type of [/^image\/[a-z0-9.+-]+$/i, 'application/octet-stream']) {
-    app.addContentTypeParser(type, { parseAs: 'buffer', bodyLimit: config.bodyLimitBytes }, (_request, body, done) =>
-      done(null, body),
-    );
-  }
+  registerRawBodyParser(app, {
+    types: [/^image\/[a-z0-9.+-]+$/i, 'application/octet-stream'],
+    bodyLimit: config.bodyLimitBytes,
+    pool: bodyPool,
+  });
   await app.register(multipart, {
     limits: {
       fileSize: config.bodyLimitBytes,

@@ -8,6 +8,7 @@ import { errorBody, sendError, toOcularError } from '../plugins/errors.js';
 import { UNKNOWN_MODEL, type DropReason, type Metrics } from '../plugins/metrics.js';
 import { parseParams } from '../tasks/pipeline.js';
 import { admissionOf } from './admission.js';
+import { claimBody } from './raw-body.js';
 import {
   ErrorBodySchema,
   ModelParamsSchema,
@@ -121,7 +122,14 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
         } else {
           const image = request.body;
           if (!Buffer.isBuffer(image) || image.length === 0) throw new OcularError('INVALID_REQUEST', 'the request has no image body');
-          const result = await model.pipeline.predict(image, params, { signal, timings });
+          // The body is a pooled buffer: it goes back only once the pipeline, sharp included, is done with it.
+          const release = claimBody(request);
+          let result: Awaited<ReturnType<typeof model.pipeline.predict>>;
+          try {
+            result = await model.pipeline.predict(image, params, { signal, timings });
+          } finally {
+            release();
+          }
           body = { ...base, ...result } as z.output<typeof PredictResultSchema>;
         }
         // The client left while its batch ran (work that could not be skipped): nobody to answer, count the drop.
