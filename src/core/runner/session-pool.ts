@@ -368,7 +368,9 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
         },
       );
     }, delayMs);
-    timer.unref();
+    // Not unref'd: between a worker's exit and its replacement's start this timer may be all that keeps the event
+    // loop alive (a process serving only in-process requests, as tests do, would otherwise end with runs pending).
+    // close() clears it.
     respawnTimers.add(timer);
   };
 
