@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -146,8 +146,12 @@ async function download(url: string, path: string, opts: SourceOptions, redirect
   const stallMs = opts.stallTimeoutMs ?? 30_000;
   res.setTimeout(stallMs, () => res.destroy(new SourceError(`download of ${url} stalled for ${stallMs} ms`)));
   try {
-    await pipeline(res, meter, createWriteStream(path));
+    // The file is opened before any byte flows: a write stream opening it by itself could create it after a
+    // failure had already been cleaned up, leaving a stray .part file in the cache.
+    const file = await open(path, 'w');
+    await pipeline(res, meter, file.createWriteStream());
   } catch (err) {
+    res.destroy();
     if (err instanceof SourceError) throw err;
     throw new SourceError(`download of ${url} failed: ${(err as Error).message}`, { cause: err });
   }
