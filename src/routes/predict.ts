@@ -123,13 +123,7 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
           const image = request.body;
           if (!Buffer.isBuffer(image) || image.length === 0) throw new OcularError('INVALID_REQUEST', 'the request has no image body');
           // The body is a pooled buffer: it goes back only once the pipeline, sharp included, is done with it.
-          const release = claimBody(request);
-          let result: Awaited<ReturnType<typeof model.pipeline.predict>>;
-          try {
-            result = await model.pipeline.predict(image, params, { signal, timings });
-          } finally {
-            release();
-          }
+          const result = await model.pipeline.predict(image, params, { signal, timings }).finally(claimBody(request));
           body = { ...base, ...result } as z.output<typeof PredictResultSchema>;
         }
         // The client left while its batch ran (work that could not be skipped): nobody to answer, count the drop.
