@@ -43,6 +43,13 @@ export const BatchingSchema = z.strictObject({
    * maxBatchSize.
    */
   tune: z.enum(['cpu', 'always', 'off']).default('cpu'),
+  /**
+   * Every run at one batch shape, for stages of one fixed input size: a batch of fewer requests than the batch
+   * limit is padded to the limit, and the padding rows' outputs are dropped. 'gpu': when the session runs on a GPU
+   * provider with at least half of its nodes there, since onnxruntime's CUDA provider rebuilds its convolution plans
+   * whenever the input shape changes (seconds per change on an H200, docs/PERFORMANCE.md); 'always'; 'off'.
+   */
+  padBatches: z.enum(['gpu', 'always', 'off']).default('gpu'),
 });
 
 /** One ONNX session: a model file, how images become its input, and how it is batched and placed. */

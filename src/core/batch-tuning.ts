@@ -16,6 +16,7 @@
  */
 
 export type BatchTuningMode = 'cpu' | 'always' | 'off';
+export type BatchPaddingMode = 'gpu' | 'always' | 'off';
 
 export interface BatchSizeTiming {
   size: number;
@@ -98,6 +99,31 @@ export async function tuneBatchSize(opts: TuneOptions): Promise<BatchTuning> {
 }
 
 /** Whether a stage on `provider` is tuned under `mode`. */
+/**
+ * Whether a stage pads every batch to its batch limit (manifest `batching.padBatches`). 'gpu' pads where the session
+ * runs mostly on a GPU provider: there a new input shape costs a rebuild (onnxruntime's CUDA provider re-plans its
+ * cuDNN convolutions whenever the input dims change) and padding rows cost little, while on the CPU every padding
+ * row costs its full share of compute. A session that put most of its nodes on the CPU (an int8 model's quantized
+ * operators under CUDA) counts as CPU. Node counts may be empty (profiling failed): then the provider decides.
+ */
+export function shouldPadBatches(
+  mode: BatchPaddingMode,
+  provider: string,
+  nodeCounts: Readonly<Record<string, number>>,
+  maxBatchSize: number,
+): boolean {
+  if (maxBatchSize <= 1 || mode === 'off') return false;
+  if (mode === 'always') return true;
+  if (provider === 'cpu') return false;
+  let cpu = 0;
+  let total = 0;
+  for (const [ep, n] of Object.entries(nodeCounts)) {
+    total += n;
+    if (ep === 'CPUExecutionProvider') cpu += n;
+  }
+  return total === 0 || cpu * 2 <= total;
+}
+
 export function shouldTune(mode: BatchTuningMode, provider: string, maxBatchSize: number): boolean {
   if (maxBatchSize <= 1 || mode === 'off') return false;
   return mode === 'always' || provider === 'cpu';

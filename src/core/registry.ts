@@ -9,7 +9,7 @@ import { createOcrPipeline } from '../tasks/ocr/pipeline.js';
 import { createTensorPipeline } from '../tasks/tensor/pipeline.js';
 import { nominalDims, type PipelineDeps, type TaskPipeline } from '../tasks/pipeline.js';
 import type { DecodeLimits } from '../tasks/preprocess/image.js';
-import type { BatchTuningMode } from './batch-tuning.js';
+import type { BatchPaddingMode, BatchTuningMode } from './batch-tuning.js';
 import { resolveProviders } from './runner/providers.js';
 import { Stage, type Logger } from './stage.js';
 import { isHttpSource, resolveSource } from './source.js';
@@ -50,6 +50,9 @@ export interface StageDescription {
     maxQueueSize: number;
     timeoutMs: number;
     tune: BatchTuningMode;
+    padBatches: BatchPaddingMode;
+    /** Every run is padded to batchLimit rows (padBatches applies to this stage's provider and node placement). */
+    padded: boolean;
     /** Per-image time of one batch at each size tried, when the stage was tuned. */
     tuning?: { tolerance: number; perImageMs: { size: number; ms: number }[] };
   };
@@ -127,6 +130,8 @@ export class ModelHandle {
         maxQueueSize: s.batching.maxQueueSize,
         timeoutMs: s.batching.timeoutMs,
         tune: s.batching.tune,
+        padBatches: s.batching.padBatches,
+        padded: s.padsBatches,
         ...(s.tuning !== undefined && {
           tuning: {
             tolerance: s.tuning.tolerance,
@@ -462,6 +467,7 @@ export class ModelRegistry {
             instances: s.pool.instances,
             maxBatchSize: s.maxBatchSize,
             batchLimit: s.batchLimit,
+            padded: s.padsBatches,
             ...(s.tuning !== undefined && { batchTuning: s.tuning.timings }),
           },
           'model stage ready',

@@ -2,7 +2,7 @@ import type { InputSpec } from '../config/input-spec.js';
 import type { Batching } from '../config/manifest.js';
 import { OcularError } from '../errors.js';
 import { normalizeParamsOf } from '../tasks/preprocess/normalize.js';
-import type { BatchTuning } from './batch-tuning.js';
+import { shouldPadBatches, type BatchTuning } from './batch-tuning.js';
 import { Batcher } from './batcher.js';
 import { createSessionPool, type SessionPool } from './runner/session-pool.js';
 import type { Telemetry } from './telemetry.js';
@@ -71,11 +71,16 @@ export class Stage {
   readonly batching: Batching & { timeoutMs: number };
   /** The warm-up's batch-size measurement, when the stage was tuned (see applyTuning). */
   tuning: BatchTuning | undefined = undefined;
+  /** Every batch runs padded to the batch limit (manifest `batching.padBatches`, decided once the session exists). */
+  readonly padsBatches: boolean;
 
   private constructor(opts: StageOptions, pool: SessionPool, maxBatchSize: number) {
     this.name = opts.stage;
     this.pool = pool;
     this.maxBatchSize = maxBatchSize;
+    this.padsBatches =
+      opts.shapePolicy === 'fixed' &&
+      shouldPadBatches(opts.batching.padBatches, pool.info.provider, pool.info.nodeCounts, maxBatchSize);
     this.batching = { ...opts.batching, maxBatchSize, timeoutMs: opts.batching.timeoutMs ?? opts.defaultTimeoutMs };
     const { model, stage, telemetry, logger } = opts;
     this.batcher = new Batcher<PreparedPixels, ItemResult>({
@@ -140,14 +145,18 @@ export class Stage {
     return { outputs: result.outputs, inferenceMs: result.inferenceMs, queueMs, batchSize };
   }
 
-  /** Runs a batch directly, bypassing the queue: warm-up only. */
-  async runDirect(items: PreparedPixels[], shapePolicy: StageOptions['shapePolicy']): Promise<void> {
-    const results = await this.runBatch(items, shapePolicy);
+  /** Runs a batch directly, bypassing the queue: warm-up only. `pad: false` runs it at its own size (tuning). */
+  async runDirect(items: PreparedPixels[], shapePolicy: StageOptions['shapePolicy'], { pad = true } = {}): Promise<void> {
+    const results = await this.runBatch(items, shapePolicy, pad);
     const failed = results.find((r): r is Error => r instanceof Error);
     if (failed !== undefined) throw failed;
   }
 
-  private async runBatch(items: PreparedPixels[], shapePolicy: StageOptions['shapePolicy']): Promise<(ItemResult | Error)[]> {
+  private async runBatch(
+    items: PreparedPixels[],
+    shapePolicy: StageOptions['shapePolicy'],
+    pad = true,
+  ): Promise<(ItemResult | Error)[]> {
     const first = items[0];
     if (first === undefined) return [];
     let tensorWidth = first.width;
@@ -159,7 +168,8 @@ export class Stage {
       }
     }
     const started = performance.now();
-    const outputs = await this.pool.runImages({ items, tensorHeight, tensorWidth, padValue: 0 });
+    const padTo = pad && this.padsBatches ? this.batchLimit : undefined;
+    const outputs = await this.pool.runImages({ items, tensorHeight, tensorWidth, padValue: 0, ...(padTo !== undefined && { padTo }) });
     const inferenceMs = performance.now() - started;
     return splitBatch(outputs, items.length).map((o) => ({ outputs: o, inferenceMs }));
   }

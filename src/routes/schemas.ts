@@ -116,6 +116,8 @@ export const ModelDescriptionSchema = z
           maxQueueSize: z.number().int(),
           timeoutMs: z.number(),
           tune: z.enum(['cpu', 'always', 'off']),
+          padBatches: z.enum(['gpu', 'always', 'off']),
+          padded: z.boolean().meta({ description: 'every run is padded to batchLimit rows: one input shape' }),
           tuning: z
             .object({
               tolerance: z.number(),

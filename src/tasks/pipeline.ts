@@ -76,6 +76,10 @@ export function greyPixels(width: number, height: number): PreparedPixels {
  * Then, for a stage of one fixed input size whose `batching.tune` applies to its provider, the batch-size tuning
  * (src/core/batch-tuning.ts): every real batch has the nominal size, so what is timed here is what will run.
  * Stages of dynamic size (OCR) are not tuned: their batches rarely fill, and the nominal size says little.
+ *
+ * A stage that pads its batches (Stage.padsBatches) runs both warm-up batches at its batch limit, and once more
+ * after tuning, at the limit tuning chose: the CUDA provider keeps the plans of the last input shape only, so the
+ * last warm-up run must have the shape every later run has.
  */
 export async function warmupStage(
   stage: Stage,
@@ -93,9 +97,10 @@ export async function warmupStage(
     maxBatchSize: stage.maxBatchSize,
     tolerance: toleranceFor(stage.pool.info.provider),
     warmed: [1, stage.maxBatchSize],
-    runBatch: (n) => stage.runDirect(Array.from({ length: n }, () => item), policy),
+    runBatch: (n) => stage.runDirect(Array.from({ length: n }, () => item), policy, { pad: false }),
   });
   stage.applyTuning(tuning);
+  if (stage.padsBatches) await stage.runDirect([item], policy);
 }
 
 export function shapePolicyOf(spec: InputSpec): StageOptions['shapePolicy'] {

@@ -349,6 +349,39 @@ t.test('a draining app', sharedTestOptions(MOBILENET, 'images/cat_chelsea.png'),
   t.equal(res.headers['retry-after'], '1', 'with Retry-After');
 });
 
+t.test('padBatches: "gpu" pads nothing on the CPU provider; "always" pads to the limit and answers the same', sharedTestOptions(MOBILENET), async (t) => {
+  const entry = sharedModel('mobilenetv2');
+  const plain = { ...entry, name: 'mobilenet-plain', batching: { maxBatchSize: 4, tune: 'off' } };
+  const padded = { ...entry, name: 'mobilenet-padded', batching: { maxBatchSize: 4, tune: 'off', padBatches: 'always' } };
+  const { app, logs } = await buildTestApp(t, { manifestPath: writeManifest([plain, padded]) });
+  const describe = async (name: string): Promise<StageDescription['batching']> => {
+    const res = await app.inject({ method: 'GET', url: `/v1/models/${name}` });
+    const stage = res.json<ModelDescription>().stages[0];
+    if (stage === undefined) throw new Error(`${name}: no stage`);
+    return stage.batching;
+  };
+  const p = await describe('mobilenet-plain');
+  t.equal(p.padBatches, 'gpu', 'the default');
+  t.equal(p.padded, false, 'the CPU provider: no padding');
+  const q = await describe('mobilenet-padded');
+  t.equal(q.padBatches, 'always');
+  t.equal(q.padded, true);
+  t.equal(q.batchLimit, 4);
+  const ready = logs.find('model stage ready');
+  t.equal(ready.find((l) => l['model'] === 'mobilenet-padded')?.['padded'], true, 'the log says so too');
+  // One request at a time: the padded model runs each as a batch of 4 and answers with that one request's result.
+  for (const photo of [catPng(), soccerJpg()]) {
+    const a = await predict(app, 'mobilenet-plain', photo);
+    const b = await predict(app, 'mobilenet-padded', photo);
+    t.equal(a.statusCode, 200);
+    t.equal(b.statusCode, 200);
+    const top = (r: typeof a) => r.json<{ predictions: { label: string; score: number }[] }>().predictions;
+    t.same(top(b).map((x) => x.label), top(a).map((x) => x.label), 'same labels');
+    const diff = Math.max(...top(a).map((x, i) => Math.abs(x.score - (top(b)[i]?.score ?? NaN))));
+    t.ok(diff <= 1e-4, `same scores (max difference ${diff})`);
+  }
+});
+
 t.test('tune "off" keeps batches up to maxBatchSize; the logs say what each stage got', sharedTestOptions(MOBILENET), async (t) => {
   const entry = sharedModel('mobilenetv2');
   const off = { ...entry, name: 'mobilenet-untuned', batching: { maxBatchSize: 4, tune: 'off' } };

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { CPU_TOLERANCE, DEFAULT_TOLERANCE, candidateSizes, chooseBatchSize, shouldTune, toleranceFor, tuneBatchSize } from '../../src/core/batch-tuning.js';
+import { CPU_TOLERANCE, DEFAULT_TOLERANCE, candidateSizes, chooseBatchSize, shouldPadBatches, shouldTune, toleranceFor, tuneBatchSize } from '../../src/core/batch-tuning.js';
 
 t.test('candidate sizes are the powers of two below the maximum, then the maximum', async (t) => {
   t.same(candidateSizes(1), [1]);
@@ -82,6 +82,22 @@ t.test('tuning applies on the CPU provider under "cpu", everywhere under "always
   t.equal(shouldTune('off', 'cpu', 8), false);
   t.equal(shouldTune('always', 'cpu', 1), false);
   t.equal(shouldTune('cpu', 'cpu', 1), false);
+});
+
+t.test('padding applies under "gpu" where most nodes run on a GPU provider, always under "always", never at batch 1', async (t) => {
+  // The node counts the H200 run reported (docs/PERFORMANCE.md, "GPU").
+  const yoloxCuda = { CUDAExecutionProvider: 263 };
+  const int8Cuda = { CUDAExecutionProvider: 7, CPUExecutionProvider: 67 };
+  t.equal(shouldPadBatches('gpu', 'cuda', yoloxCuda, 32), true, 'fp32 detector on CUDA: one shape');
+  t.equal(shouldPadBatches('gpu', 'cuda', int8Cuda, 32), false, 'int8 classifier, mostly on the CPU: no padding rows to pay for');
+  t.equal(shouldPadBatches('gpu', 'cuda', { CUDAExecutionProvider: 5, CPUExecutionProvider: 5 }, 8), true, 'half on the GPU');
+  t.equal(shouldPadBatches('gpu', 'tensorrt', { TensorrtExecutionProvider: 1, CPUExecutionProvider: 0 }, 8), true);
+  t.equal(shouldPadBatches('gpu', 'cuda', {}, 8), true, 'no node counts (profiling failed): the provider decides');
+  t.equal(shouldPadBatches('gpu', 'cpu', { CPUExecutionProvider: 266 }, 8), false);
+  t.equal(shouldPadBatches('gpu', 'cpu', {}, 8), false);
+  t.equal(shouldPadBatches('always', 'cpu', { CPUExecutionProvider: 266 }, 8), true);
+  t.equal(shouldPadBatches('off', 'cuda', yoloxCuda, 32), false);
+  t.equal(shouldPadBatches('always', 'cuda', yoloxCuda, 1), false, 'batch 1: nothing to pad');
 });
 
 t.test('the CPU provider asks a larger batch to be more than 15 % cheaper; other providers 5 %', async (t) => {

@@ -71,6 +71,13 @@ export interface ImageBatch {
   tensorWidth: number;
   /** Value (after normalisation) for the part of a slot an image does not cover; default 0. */
   padValue?: number;
+  /**
+   * Runs the session on a batch of this many rows when items are fewer (the rows past the items hold whatever the
+   * worker's batch tensor held before, and their outputs are dropped in the worker): a session that only ever sees
+   * one batch shape. onnxruntime's CUDA provider rebuilds its cuDNN convolution plans whenever the input dims
+   * change (docs/PERFORMANCE.md, "GPU"). Default: the number of items.
+   */
+  padTo?: number;
 }
 
 export type TensorFeeds = Record<string, { data: FeedData; dims: number[]; type: string }>;
@@ -475,6 +482,7 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
           tensorHeight: batch.tensorHeight,
           tensorWidth: batch.tensorWidth,
           padValue: batch.padValue ?? 0,
+          ...(batch.padTo !== undefined && batch.padTo > items.length && { padTo: batch.padTo }),
         },
         { slot },
       );

@@ -64,6 +64,8 @@ export type ToWorker =
       tensorHeight: number;
       tensorWidth: number;
       padValue: number;
+      /** Rows of the batch tensor when more than the items (ImageBatch.padTo); outputs keep the items' rows only. */
+      padTo?: number;
       /** Test hook (SessionPool.injectFault): this run throws, or ends the thread, instead of running. */
       fault?: WorkerFault;
     }
@@ -225,6 +227,21 @@ function collectOutputs(results: InferenceSession.ReturnType): { outputs: Output
   return { outputs, transfer };
 }
 
+/** The first `n` rows of every output of a run on `rows` rows (views: collectOutputs copies only those). */
+function firstRows(results: InferenceSession.ReturnType, n: number, rows: number): InferenceSession.ReturnType {
+  const out: Record<string, Tensor> = {};
+  for (const [name, value] of Object.entries(results)) {
+    const tensor = value as Tensor;
+    if (tensor.dims[0] !== rows || !ArrayBuffer.isView(tensor.data)) {
+      throw new Error(`output ${name} has dims [${tensor.dims.join(',')}]: cannot drop the padding rows of a batch of ${rows}`);
+    }
+    const per = tensor.size / rows;
+    const data = (tensor.data as FeedData).subarray(0, n * per) as FeedData;
+    out[name] = new ort.Tensor(tensor.type as Tensor.Type, data, [n, ...tensor.dims.slice(1)]);
+  }
+  return out;
+}
+
 function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -296,9 +313,10 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
 
   const runImages = async (msg: Extract<ToWorker, { type: 'run' }>): Promise<InferenceSession.ReturnType> => {
     const n = msg.items.length;
+    const rows = Math.max(n, msg.padTo ?? n);
     const h = msg.tensorHeight;
     const w = msg.tensorWidth;
-    const need = n * 3 * h * w;
+    const need = rows * 3 * h * w;
     if (batch.length < need) batch = new Float32Array(need);
     const target = batch.subarray(0, need);
     const slot = new Uint8Array(msg.slot);
@@ -306,8 +324,11 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
       const bytes = slot.subarray(item.byteOffset, item.byteOffset + item.width * item.height * 3);
       normalizeInto(bytes, item.width, item.height, params, target, i, h, w, msg.padValue);
     });
-    const dims = params.layout === 'NCHW' ? [n, 3, h, w] : [n, h, w, 3];
-    return session.run({ [inputName]: new ort.Tensor('float32', target, dims) });
+    // Padding rows are not cleared: a row's outputs depend on that row alone, and clearing 31 rows of 416x416x3
+    // floats would cost more CPU than the padding saves on the GPU.
+    const dims = params.layout === 'NCHW' ? [rows, 3, h, w] : [rows, h, w, 3];
+    const results = await session.run({ [inputName]: new ort.Tensor('float32', target, dims) });
+    return rows === n ? results : firstRows(results, n, rows);
   };
 
   const runTensors = async (feeds: Record<string, FeedTensor>): Promise<InferenceSession.ReturnType> => {

@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { mobilenetV2Spec, yoloxNanoSpec } from '../../fixtures/input-specs.js';
 import type { PreparedPixels } from '../../../src/core/types.js';
 import { OcularError } from '../../../src/errors.js';
 import { maxAbsDiff, modelPath, readTensorProto, sharedPath, sharedTestOptions } from '../../helpers/shared.js';
+import { encodeModel, FLOAT } from '../../v2/helpers.js';
 
 // Profiling traces go to os.tmpdir(); a private one for this file (the workers share process.env) lets the test
 // check that this pool removed its own trace while other test files run in parallel.
@@ -100,6 +101,64 @@ t.test('a batch of three equals three single runs', sharedTestOptions(MOBILENET)
     t.ok(maxAbsDiff(row, single['output']?.data ?? []) <= 1e-4, `item ${i} matches its single run`);
   }
   t.not(maxAbsDiff(out?.data.subarray(0, 1000) ?? [], out?.data.subarray(1000, 2000) ?? []), 0, 'items differ');
+});
+
+t.test('padTo: the session sees padTo rows (the stale ones after the items), the answer only the items\' rows', async (t) => {
+  // y = x + sum(x over the whole batch): every output row shows how many rows, and which, the session was given.
+  const dir = mkdtempSync(join(tmpdir(), 'ocular-pad-model-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'batch-sum.onnx');
+  writeFileSync(
+    path,
+    encodeModel(
+      [
+        { opType: 'ReduceSum', input: ['x'], output: ['s'] },
+        { opType: 'Add', input: ['x', 's'], output: ['y'] },
+      ],
+      [['x', FLOAT, ['N', 3, 2, 2]]],
+      [['y', FLOAT, ['N', 3, 2, 2]]],
+    ),
+  );
+  const identity: NormalizeParams = { layout: 'NCHW', channelOrder: 'RGB', scale: 1, mean: [0, 0, 0], std: [1, 1, 1] };
+  const pool = await openPool(t, mobilenetOptions({ modelName: 'batch-sum', modelPath: path, normalize: identity }));
+  const flat = (v: number): PreparedPixels => ({ pixels: new Uint8Array(12).fill(v), width: 2, height: 2 });
+  const values = (o: Awaited<ReturnType<SessionPool['runImages']>>) => [...new Set(o['y']?.data ?? [])];
+
+  const full = await pool.runImages({ items: [flat(10), flat(10), flat(10), flat(10)], tensorHeight: 2, tensorWidth: 2 });
+  t.same(full['y']?.dims, [4, 3, 2, 2]);
+  t.same(values(full), [10 + 4 * 12 * 10]);
+
+  const padded = await pool.runImages({ items: [flat(1)], tensorHeight: 2, tensorWidth: 2, padTo: 4 });
+  t.same(padded['y']?.dims, [1, 3, 2, 2], 'the answer has the one item\'s row');
+  t.equal(padded['y']?.data.length, 12);
+  t.same(values(padded), [1 + 12 * 1 + 3 * 12 * 10], 'the session ran 4 rows: the item and 3 left from the last batch');
+
+  const alone = await pool.runImages({ items: [flat(1)], tensorHeight: 2, tensorWidth: 2 });
+  t.same(values(alone), [1 + 12], 'without padTo, one row');
+});
+
+t.test('padTo: the session runs a batch of that many rows, the outputs keep the items\' rows, stale rows leak nothing', sharedTestOptions(MOBILENET), async (t) => {
+  const pool = await openPool(t, mobilenetOptions());
+  const items = Array.from({ length: 6 }, (_, i) => pixels(224, 224, 10 + i));
+  // Unpadded reference rows, each from a run of its own.
+  const alone = [];
+  for (const item of items) alone.push((await pool.runImages({ items: [item], tensorHeight: 224, tensorWidth: 224 }))['output']?.data);
+  // A full batch fills the worker's batch tensor with six other images; the padded runs after it reuse those rows.
+  const full = await pool.runImages({ items: Array.from({ length: 6 }, (_, i) => pixels(224, 224, 50 + i)), tensorHeight: 224, tensorWidth: 224 });
+  t.same(full['output']?.dims, [6, 1000]);
+  for (const n of [1, 2, 5]) {
+    const padded = await pool.runImages({ items: items.slice(0, n), tensorHeight: 224, tensorWidth: 224, padTo: 6 });
+    const out = padded['output'];
+    t.same(out?.dims, [n, 1000], `${n} of 6 rows: outputs have the items' rows only`);
+    t.equal(out?.data.length, n * 1000);
+    for (let i = 0; i < n; i++) {
+      const row = out?.data.subarray(i * 1000, (i + 1) * 1000) ?? new Float32Array(0);
+      t.ok(maxAbsDiff(row, alone[i] ?? []) <= 1e-4, `${n} of 6 rows: item ${i} matches its unpadded run`);
+    }
+  }
+  // padTo at or below the item count changes nothing.
+  const same = await pool.runImages({ items: items.slice(0, 3), tensorHeight: 224, tensorWidth: 224, padTo: 2 });
+  t.same(same['output']?.dims, [3, 1000]);
 });
 
 t.test('a raw tensor run matches the reference output', sharedTestOptions(MOBILENET), async (t) => {
