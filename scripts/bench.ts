@@ -348,7 +348,7 @@ const machine = {
   node: process.version,
   loadAvgAtStart: loadavg().map((v) => Number(v.toFixed(2))),
   env: Object.fromEntries(['UV_THREADPOOL_SIZE', 'MALLOC_ARENA_MAX', 'OCULAR_INTRA_OP_THREADS', 'LD_PRELOAD'].map((k) => [k, childEnv[k] ?? ''])),
-  gpu: 'none (CPU only; no GPU is lent to this task)',
+  gpu: 'not used: every contender runs on the CPU provider (OCULAR_DEVICE=cpu); GPU figures come from scripts/gpu-sweep.sh',
 };
 log(`machine: ${machine.cpu}, ${machine.cores} cores, node ${machine.node}, load ${machine.loadAvgAtStart.join(' ')}`);
 log(`options: ${JSON.stringify({ ...opt, skip: [...opt.skip] })}`);
