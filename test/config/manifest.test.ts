@@ -122,7 +122,7 @@ t.test('a minimal entry gets every default', async (t) => {
   t.equal(model?.batching.timeoutMs, undefined);
 
   const partial = singleStage(parseManifest({ models: [entry({ batching: { maxBatchSize: 2 } })] }).models[0]);
-  t.same(partial?.batching, { maxBatchSize: 2, maxQueueDelayMs: 0, maxQueueSize: 64, tune: 'cpu' }, 'defaults fill a partial batching');
+  t.same(partial?.batching, { maxBatchSize: 2, maxQueueDelayMs: 0, maxQueueSize: 64, tune: 'cpu', padBatches: 'gpu' }, 'defaults fill a partial batching');
 
   const det = parseManifest({
     models: [entry({ task: 'object-detection', head: { type: 'ssd' }, input: input({ resize: { mode: 'letterbox' } }) })],
