@@ -349,21 +349,23 @@ t.test('a draining app', sharedTestOptions(MOBILENET, 'images/cat_chelsea.png'),
   t.equal(res.headers['retry-after'], '1', 'with Retry-After');
 });
 
+/** The batching of a one-stage model, as GET /v1/models/{name} reports it. */
+async function batchingOf(app: FastifyInstance, name: string): Promise<StageDescription['batching']> {
+  const res = await app.inject({ method: 'GET', url: `/v1/models/${name}` });
+  const stage = res.json<ModelDescription>().stages[0];
+  if (stage === undefined) throw new Error(`${name}: no stage`);
+  return stage.batching;
+}
+
 t.test('padBatches: "gpu" pads nothing on the CPU provider; "always" pads to the limit and answers the same', sharedTestOptions(MOBILENET), async (t) => {
   const entry = sharedModel('mobilenetv2');
   const plain = { ...entry, name: 'mobilenet-plain', batching: { maxBatchSize: 4, tune: 'off' } };
   const padded = { ...entry, name: 'mobilenet-padded', batching: { maxBatchSize: 4, tune: 'off', padBatches: 'always' } };
   const { app, logs } = await buildTestApp(t, { manifestPath: writeManifest([plain, padded]) });
-  const describe = async (name: string): Promise<StageDescription['batching']> => {
-    const res = await app.inject({ method: 'GET', url: `/v1/models/${name}` });
-    const stage = res.json<ModelDescription>().stages[0];
-    if (stage === undefined) throw new Error(`${name}: no stage`);
-    return stage.batching;
-  };
-  const p = await describe('mobilenet-plain');
+  const p = await batchingOf(app, 'mobilenet-plain');
   t.equal(p.padBatches, 'gpu', 'the default');
   t.equal(p.padded, false, 'the CPU provider: no padding');
-  const q = await describe('mobilenet-padded');
+  const q = await batchingOf(app, 'mobilenet-padded');
   t.equal(q.padBatches, 'always');
   t.equal(q.padded, true);
   t.equal(q.batchLimit, 4);
@@ -387,17 +389,11 @@ t.test('tune "off" keeps batches up to maxBatchSize; the logs say what each stag
   const off = { ...entry, name: 'mobilenet-untuned', batching: { maxBatchSize: 4, tune: 'off' } };
   const tuned = { ...entry, name: 'mobilenet-tuned', batching: { maxBatchSize: 4 } };
   const { app, logs } = await buildTestApp(t, { manifestPath: writeManifest([off, tuned]) });
-  const describe = async (name: string): Promise<StageDescription['batching']> => {
-    const res = await app.inject({ method: 'GET', url: `/v1/models/${name}` });
-    const stage = res.json<ModelDescription>().stages[0];
-    if (stage === undefined) throw new Error(`${name}: no stage`);
-    return stage.batching;
-  };
-  const untunedBatching = await describe('mobilenet-untuned');
+  const untunedBatching = await batchingOf(app, 'mobilenet-untuned');
   t.equal(untunedBatching.tune, 'off');
   t.equal(untunedBatching.batchLimit, 4);
   t.equal(untunedBatching.tuning, undefined);
-  const tunedBatching = await describe('mobilenet-tuned');
+  const tunedBatching = await batchingOf(app, 'mobilenet-tuned');
   t.same(
     tunedBatching.tuning?.perImageMs.map((x) => x.size),
     [1, 2, 4],
