@@ -98,7 +98,6 @@ export async function tuneBatchSize(opts: TuneOptions): Promise<BatchTuning> {
   return { tolerance, timings, chosen: chooseBatchSize(timings, tolerance) };
 }
 
-/** Whether a stage on `provider` is tuned under `mode`. */
 /**
  * Whether a stage pads every batch to its batch limit (manifest `batching.padBatches`). 'gpu' pads where the session
  * runs mostly on a GPU provider: there a new input shape costs a rebuild (onnxruntime's CUDA provider re-plans its
@@ -124,6 +123,7 @@ export function shouldPadBatches(
   return total === 0 || cpu * 2 <= total;
 }
 
+/** Whether a stage on `provider` is tuned under `mode`. */
 export function shouldTune(mode: BatchTuningMode, provider: string, maxBatchSize: number): boolean {
   if (maxBatchSize <= 1 || mode === 'off') return false;
   return mode === 'always' || provider === 'cpu';

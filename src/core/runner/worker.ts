@@ -324,8 +324,8 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
       const bytes = slot.subarray(item.byteOffset, item.byteOffset + item.width * item.height * 3);
       normalizeInto(bytes, item.width, item.height, params, target, i, h, w, msg.padValue);
     });
-    // Padding rows are not cleared: a row's outputs depend on that row alone, and clearing 31 rows of 416x416x3
-    // floats would cost more CPU than the padding saves on the GPU.
+    // Padding rows are not cleared: a row's outputs depend on that row alone (and the dropped rows' outputs are
+    // never read), while clearing up to 31 rows of 416x416x3 floats would write 64 MB per padded batch.
     const dims = params.layout === 'NCHW' ? [rows, 3, h, w] : [rows, h, w, 3];
     const results = await session.run({ [inputName]: new ort.Tensor('float32', target, dims) });
     return rows === n ? results : firstRows(results, n, rows);
