@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:https';
-import { createServer as createPlainServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createPlainServer, type IncomingMessage, type RequestListener, type Server as PlainServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -135,9 +135,9 @@ interface FakeServer {
   requests: string[];
 }
 
-async function startServer(t: Test, tls: Tls, routes: Record<string, Handler>): Promise<FakeServer> {
-  const requests: string[] = [];
-  const server: Server = createServer({ key: tls.key, cert: tls.cert }, (req, res) => {
+/** Answers each path from `routes` (404 otherwise), recording the paths asked for. */
+function routeRequests(routes: Record<string, Handler>, requests: string[]): RequestListener {
+  return (req, res) => {
     const path = req.url ?? '/';
     requests.push(path);
     // The client may hang up mid-body on purpose (size cap, stall): that is not a server failure.
@@ -148,38 +148,31 @@ async function startServer(t: Test, tls: Tls, routes: Record<string, Handler>): 
       return;
     }
     handler(req, res);
-  });
-  server.on('tlsClientError', () => {});
+  };
+}
+
+/** Listens on 127.0.0.1 at a free port, closes on teardown; urls use `scheme`. */
+async function listen(t: Test, server: Server | PlainServer, scheme: 'https' | 'http', requests: string[]): Promise<FakeServer> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(async () => {
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
   const { port } = server.address() as AddressInfo;
-  return { url: (path) => `https://127.0.0.1:${port}${path}`, requests };
+  return { url: (path) => `${scheme}://127.0.0.1:${port}${path}`, requests };
+}
+
+async function startServer(t: Test, tls: Tls, routes: Record<string, Handler>): Promise<FakeServer> {
+  const requests: string[] = [];
+  const server: Server = createServer({ key: tls.key, cert: tls.cert }, routeRequests(routes, requests));
+  server.on('tlsClientError', () => {});
+  return listen(t, server, 'https', requests);
 }
 
 /** A plain HTTP server on 127.0.0.1 (an internal mirror), closed on teardown. */
 async function startPlainServer(t: Test, routes: Record<string, Handler>): Promise<FakeServer> {
   const requests: string[] = [];
-  const server = createPlainServer((req, res) => {
-    const path = req.url ?? '/';
-    requests.push(path);
-    res.on('error', () => {});
-    const handler = routes[path];
-    if (handler === undefined) {
-      res.writeHead(404).end('not found');
-      return;
-    }
-    handler(req, res);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(async () => {
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  const { port } = server.address() as AddressInfo;
-  return { url: (path) => `http://127.0.0.1:${port}${path}`, requests };
+  return listen(t, createPlainServer(routeRequests(routes, requests)), 'http', requests);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
