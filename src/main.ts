@@ -75,9 +75,11 @@ async function main(): Promise<void> {
       manifest,
       logger,
       onFatal: (err) => {
-        // The device is in an unknown state: exit non-zero so the orchestrator restarts the pod.
+        // The device is in an unknown state: exit non-zero so the orchestrator restarts the pod, after answering
+        // the open requests 503 like any forced exit (readiness off, no new run started). Runs, and so this, only
+        // happen once the models load, after `force` below exists.
         logger.fatal({ err }, 'fatal device error, exiting');
-        process.exit(71);
+        force('fatal device error', 71);
       },
     });
   } catch (err) {
@@ -89,11 +91,12 @@ async function main(): Promise<void> {
   }
   let shuttingDown = false;
   let forcing = false;
-  // A second signal, or the grace running out: every request still open is answered 503 DRAINING (none is left
-  // hanging or cut off), then the process exits 1.
-  const force = (why: string) => {
+  // A second signal, the grace running out, or a fatal device error: every request still open is answered 503
+  // DRAINING (none is left hanging or cut off), then the process exits with `code`.
+  const force = (why: string, code = 1) => {
     if (forcing) return;
     forcing = true;
+    app.ocular.models.startDraining();
     logger.error({ why, open: app.inFlight.open, graceMs: config.shutdownGraceMs }, 'forced shutdown: answering the remaining requests 503');
     // Then the runs already inside onnxruntime finish (at most 2 s): exiting in the middle of one aborts the process.
     void app.inFlight
@@ -102,7 +105,7 @@ async function main(): Promise<void> {
         const quiet = await app.ocular.models.haltRuns(2000);
         logger.error({ answered, runsFinished: quiet }, 'exiting with work unfinished');
       })
-      .finally(() => process.exit(1));
+      .finally(() => process.exit(code));
   };
   const shutdown = (signal: string) => {
     if (shuttingDown) {
