@@ -324,6 +324,18 @@ t.test('cuda and cudnn failures count as fatal, ordinary run errors do not', asy
   t.ok(isFatalGpuError('CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR'));
   t.ok(isFatalGpuError('cudaErrorMemoryAllocation'));
   t.notOk(isFatalGpuError("input 'input' is missing in 'feeds'."));
+  // The model's own names, quoted by onnxruntime, do not count; the error text around them does.
+  t.notOk(
+    isFatalGpuError(
+      "Non-zero status code returned while running Conv node. Name:'backbone/conv_cudnn_1' Status Message: Invalid input shape: {1,3,7}",
+    ),
+  );
+  t.notOk(isFatalGpuError("Got invalid dimensions for input: 'CUDA error' for the following indices index: 0 Got: 2 Expected: 1"));
+  t.ok(
+    isFatalGpuError(
+      "Non-zero status code returned while running Conv node. Name:'backbone/conv_1' Status Message: CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR ; GPU=0",
+    ),
+  );
 });
 
 t.test('an ordinary run error does not reach onFatal', sharedTestOptions(MOBILENET), async (t) => {
