@@ -29,7 +29,7 @@ import { configureSharp, prepareImage } from '../src/tasks/preprocess/image.js';
 import { closedLoop, openLoop, predictPath, probeLatency, type LoadResult, type LoadTarget } from './lib/load.js';
 import { loadPhotos, prepareBody, type Photo } from './lib/photos.js';
 import { diffMetrics, scrapeMetrics, type ServerSplit } from './lib/prom.js';
-import { cpuSecondsOf, freePort, runJson, startServer, type RunningServer } from './lib/server.js';
+import { cpuSecondsOf, freePort, runJson, startOptions, startServer, type RunningServer } from './lib/server.js';
 import { fmt, fmtSpread, spread, type LatencySummary, type Spread } from './lib/stats.js';
 
 const HELP = `npm run bench -- [options]
@@ -132,7 +132,7 @@ async function startOcular(manifest: string | undefined, name = 'ocular', extraE
   const env: NodeJS.ProcessEnv = { ...childEnv, ...extraEnv, HOST: '127.0.0.1', PORT: String(port) };
   if (manifest !== undefined) env['OCULAR_MANIFEST'] = manifest;
   else delete env['OCULAR_MANIFEST'];
-  return startServer({ name, args: [mainJs], env, readyPath: '/readyz', port, cwd: root });
+  return startServer({ name, args: [...startOptions(join(root, 'package.json')), mainJs], env, readyPath: '/readyz', port, cwd: root });
 }
 
 async function startHandler(): Promise<RunningServer> {

@@ -41,6 +41,11 @@ url="http://127.0.0.1:$port"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 [ -f "$root/dist/src/main.js" ] || { echo "dist/src/main.js missing: run npm run build" >&2; exit 2; }
+# The server runs with the node options of `npm start` (package.json), as the images and the bench run it.
+read -ra node_opts < <("$node" -e '
+  const w = require(process.argv[1]).scripts.start.trim().split(/\s+/);
+  console.log(w.slice(1, w.indexOf("dist/src/main.js")).join(" "));
+' "$root/package.json")
 
 # A one-model manifest from the shared fixture, with absolute paths and the batching asked for.
 manifest() { # model batch delay tune pad file
@@ -84,7 +89,7 @@ for config in "${configs[@]}"; do
   echo "== $name"
   manifest "$model" "$batch" "$delay" "$tune" "$pad" "$out/$name.manifest.json" || continue
   env ${uv:+UV_THREADPOOL_SIZE=$uv} OCULAR_MANIFEST="$out/$name.manifest.json" OCULAR_DEVICE="$device" PORT="$port" HOST=127.0.0.1 \
-    OCULAR_LOG_LEVEL="${LOG_LEVEL:-warn}" OCULAR_PLAYGROUND=false "$node" "$root/dist/src/main.js" >"$out/$name.log" 2>&1 &
+    OCULAR_LOG_LEVEL="${LOG_LEVEL:-warn}" OCULAR_PLAYGROUND=false "$node" "${node_opts[@]}" "$root/dist/src/main.js" >"$out/$name.log" 2>&1 &
   server=$!
   started=$(date +%s%N)
   ready=

@@ -16,6 +16,18 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
+/**
+ * The node options `npm start` gives Ocular (package.json's start script, `node <options> dist/src/main.js`), so
+ * that the bench measures Ocular as it is started, not a bare `node dist/src/main.js`.
+ */
+export function startOptions(packageJson: string): string[] {
+  const start = (JSON.parse(readFileSync(packageJson, 'utf8')) as { scripts?: { start?: string } }).scripts?.start ?? '';
+  const words = start.trim().split(/\s+/);
+  const main = words.indexOf('dist/src/main.js');
+  if (words[0] !== 'node' || main < 0) throw new Error(`package.json's start script is not "node [options] dist/src/main.js": ${start}`);
+  return words.slice(1, main);
+}
+
 export async function freePort(): Promise<number> {
   const srv = createServer();
   srv.listen(0, '127.0.0.1');

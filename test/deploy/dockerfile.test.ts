@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import t from 'tap';
 import { type RuleContext, lintDockerfile, lintDockerignore } from './dockerfile-rules.js';
 import { configForEnv, readServerFacts, repoPath } from './server-facts.js';
+import { startOptions } from '../../scripts/lib/server.js';
 
 const dockerfile = readFileSync(repoPath('docker', 'Dockerfile'), 'utf8');
 
@@ -22,8 +23,8 @@ t.test('docker/Dockerfile follows the project rules', async (t) => {
     ['no HEALTHCHECK', (s) => s.replace(/HEALTHCHECK [^\n]*\\\n[^\n]*\n(ENTRYPOINT[^\n]*\nCMD[^\n]*\n)$/, '$1'), /no HEALTHCHECK/],
     ['a HEALTHCHECK on liveness', (s) => s.replaceAll(`'${ctx.readinessPath}'`, "'/healthz'"), /readiness route/],
     ['a HEALTHCHECK with curl', (s) => s.replace(/CMD \["node", "-e", [^\n]*/, 'CMD curl -f http://127.0.0.1:8080/readyz'), /exec form|curl/],
-    ['a shell-form CMD', (s) => s.replace('CMD ["node", "dist/src/main.js"]', 'CMD node dist/src/main.js'), /CMD must be in exec form/],
-    ['no tini', (s) => s.replace('ENTRYPOINT ["/usr/bin/tini", "--"]\nCMD ["node", "dist/src/main.js"]\n\n', 'CMD ["node", "dist/src/main.js"]\n\n'), /tini/],
+    ['a shell-form CMD', (s) => s.replace('CMD ["node", "--initial-old-space-size=128", "dist/src/main.js"]', 'CMD node dist/src/main.js'), /CMD must be in exec form/],
+    ['no tini', (s) => s.replace('ENTRYPOINT ["/usr/bin/tini", "--"]\nCMD ["node", "--initial-old-space-size=128", "dist/src/main.js"]\n\n', 'CMD ["node", "--initial-old-space-size=128", "dist/src/main.js"]\n\n'), /tini/],
     ['models copied in', (s) => s.replace('COPY package.json ./\nUSER', 'COPY models /models\nCOPY package.json ./\nUSER'), /models into the image/],
     ['an .onnx file added', (s) => s.replace('COPY package.json ./\nUSER', 'ADD https://example.com/m.onnx /app/\nCOPY package.json ./\nUSER'), /models into the image/],
     ['sources before npm ci', (s) => s.replace('COPY package.json package-lock.json .npmrc ./', 'COPY package.json package-lock.json .npmrc ./\nCOPY src ./src'), /copied before npm ci/],
@@ -46,4 +47,12 @@ t.test('docker/Dockerfile follows the project rules', async (t) => {
     );
   }
   t.ok(lintDockerignore('test\nmodels\n').length > 0, 'a .dockerignore that lets node_modules in is caught');
+});
+
+t.test('both runtime images start Ocular with the node options of npm start', async (t) => {
+  const options = startOptions(repoPath('package.json'));
+  t.ok(options.length > 0, `npm start gives node options: ${options.join(' ')}`);
+  const cmds = [...dockerfile.matchAll(/^CMD (\[.*\])$/gm)].map((m) => JSON.parse(m[1] ?? '[]') as string[]);
+  t.equal(cmds.length, 2, 'one CMD per runtime target (the HEALTHCHECK commands are indented)');
+  for (const cmd of cmds) t.same(cmd, ['node', ...options, 'dist/src/main.js']);
 });
