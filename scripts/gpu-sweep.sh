@@ -42,10 +42,11 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 [ -f "$root/dist/src/main.js" ] || { echo "dist/src/main.js missing: run npm run build" >&2; exit 2; }
 # The server runs with the node options of `npm start` (package.json), as the images and the bench run it.
-read -ra node_opts < <("$node" -e '
-  const w = require(process.argv[1]).scripts.start.trim().split(/\s+/);
-  console.log(w.slice(1, w.indexOf("dist/src/main.js")).join(" "));
-' "$root/package.json")
+read -ra node_opts < <("$node" --input-type=module -e '
+  const { startOptions } = await import(process.argv[1]);
+  console.log(startOptions(process.argv[2]).join(" "));
+' "$root/dist/scripts/lib/server.js" "$root/package.json")
+echo "server: $node ${node_opts[*]} dist/src/main.js"
 
 # A one-model manifest from the shared fixture, with absolute paths and the batching asked for.
 manifest() { # model batch delay tune pad file

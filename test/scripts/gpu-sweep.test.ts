@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import t from 'tap';
+import { startOptions } from '../../scripts/lib/server.js';
 import { projectRoot, sharedDir, sharedTestOptions } from '../helpers/shared.js';
 
 const run = promisify(execFile);
@@ -43,6 +44,7 @@ t.test(
       timeout: 120_000,
     });
     const name = 'mobilenetv2-cpu-b2-d0-tune_off-pad_always-uv2';
+    t.match(stdout, `server: ${process.execPath} ${startOptions(join(projectRoot, 'package.json')).join(' ')} dist/src/main.js`, "npm start's node options");
     t.match(stdout, `== ${name}`);
     const stage = JSON.parse(readFileSync(join(out, `${name}.models.json`), 'utf8')).models[0].stages[0];
     t.equal(stage.provider, 'cpu');
