@@ -116,6 +116,8 @@ function newestMtime(dir: string): number {
   return newest;
 }
 const mainJs = join(root, 'dist/src/main.js');
+/** Ocular is started as `npm start` starts it: the same node options (package.json). */
+const ocularNodeOptions = startOptions(join(root, 'package.json'));
 if (!existsSync(mainJs) || statSync(mainJs).mtimeMs < newestMtime(join(root, 'src'))) {
   log('dist/ is missing or older than src/: building');
   execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit' });
@@ -132,7 +134,7 @@ async function startOcular(manifest: string | undefined, name = 'ocular', extraE
   const env: NodeJS.ProcessEnv = { ...childEnv, ...extraEnv, HOST: '127.0.0.1', PORT: String(port) };
   if (manifest !== undefined) env['OCULAR_MANIFEST'] = manifest;
   else delete env['OCULAR_MANIFEST'];
-  return startServer({ name, args: [...startOptions(join(root, 'package.json')), mainJs], env, readyPath: '/readyz', port, cwd: root });
+  return startServer({ name, args: [...ocularNodeOptions, mainJs], env, readyPath: '/readyz', port, cwd: root });
 }
 
 async function startHandler(): Promise<RunningServer> {
