@@ -44,7 +44,7 @@ Options
   --rss-seconds S       time limit of the RSS part (default 240): the second reading is taken then at the latest
   --yolox-rounds N      rounds of the yolox-nano batching comparison (default 3)
   --intra-op-threads N  onnxruntime intra-op threads for every contender (default: Ocular's default)
-  --skip LIST           parts to skip, comma-separated: prep,ready,yolox,rss,open,nice0 (the OCULAR_COMPUTE_NICE=0 contender)
+  --skip LIST           parts to skip, comma-separated: prep,ready,yolox,rss,open,nice10 (the OCULAR_COMPUTE_NICE=10 contender)
   --out PATH            report path without extension (default .cache/bench/bench): PATH.md and PATH.json
   -h, --help            this text
 `;
@@ -362,9 +362,9 @@ if (ready) log(`time to ready (default manifest): ${fmtSpread(ready.wallMs, 0)} 
 
 const ocular = await startOcular(manifestWith('mobilenetv2', {}));
 const handler = await startHandler();
-// The same server with its compute threads at the process priority: what OCULAR_COMPUTE_NICE costs or buys.
-const ocularNice0 = opt.skip.has('nice0') ? undefined : await startOcular(manifestWith('mobilenetv2', {}), 'ocular-nice0', { OCULAR_COMPUTE_NICE: '0' });
-const n0Target: LoadTarget | undefined = ocularNice0 && { url: ocularNice0.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
+// The same server with its compute threads at nice 10: what OCULAR_COMPUTE_NICE costs or buys.
+const ocularNice10 = opt.skip.has('nice10') ? undefined : await startOcular(manifestWith('mobilenetv2', {}), 'ocular-nice10', { OCULAR_COMPUTE_NICE: '10' });
+const n0Target: LoadTarget | undefined = ocularNice10 && { url: ocularNice10.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
 const oTarget: LoadTarget = { url: ocular.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
 const hTarget: LoadTarget = { url: handler.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
 
@@ -372,7 +372,7 @@ interface Round {
   inProcess: InProcessResult;
   handler16: Measured;
   ocular16: Measured;
-  ocularNice0_16?: Measured;
+  ocularNice10_16?: Measured;
   handler1: Measured;
   ocular1: Measured;
 }
@@ -385,8 +385,8 @@ try {
       async () => void (partial.inProcess = await runInProcess(opt.durationS, quick ? 10 : 30)),
       async () => void (partial.handler16 = await measure(handler, hTarget, 16, opt.durationS, true)),
       async () => void (partial.ocular16 = await measure(ocular, oTarget, 16, opt.durationS, true)),
-      ...(ocularNice0 !== undefined && n0Target !== undefined
-        ? [async () => void (partial.ocularNice0_16 = await measure(ocularNice0, n0Target, 16, opt.durationS, true))]
+      ...(ocularNice10 !== undefined && n0Target !== undefined
+        ? [async () => void (partial.ocularNice10_16 = await measure(ocularNice10, n0Target, 16, opt.durationS, true))]
         : []),
     ];
     // Rotate the order each round so no contender always runs first (or right after another).
@@ -415,7 +415,7 @@ try {
 } finally {
   await ocular.stop();
   await handler.stop();
-  await ocularNice0?.stop();
+  await ocularNice10?.stop();
 }
 
 const rss = opt.skip.has('rss') ? undefined : await rssAfter(opt.rss);
@@ -443,11 +443,11 @@ const s = {
   ocular1p50: spread(col((r) => r.ocular1.result.latencyMs.p50)),
   handlerHealthP99: spread(col((r) => r.handler16.healthz?.p99 ?? NaN)),
   ocularHealthP99: spread(col((r) => r.ocular16.healthz?.p99 ?? NaN)),
-  nice0_16: spread(col((r) => r.ocularNice0_16?.result.throughputRps ?? NaN)),
-  nice0Cpu: spread(col((r) => r.ocularNice0_16?.cpuMsPerRequest ?? NaN)),
-  nice0p50: spread(col((r) => r.ocularNice0_16?.result.latencyMs.p50 ?? NaN)),
-  nice0p99: spread(col((r) => r.ocularNice0_16?.result.latencyMs.p99 ?? NaN)),
-  nice0HealthP99: spread(col((r) => r.ocularNice0_16?.healthz?.p99 ?? NaN)),
+  nice10_16: spread(col((r) => r.ocularNice10_16?.result.throughputRps ?? NaN)),
+  nice10Cpu: spread(col((r) => r.ocularNice10_16?.cpuMsPerRequest ?? NaN)),
+  nice10p50: spread(col((r) => r.ocularNice10_16?.result.latencyMs.p50 ?? NaN)),
+  nice10p99: spread(col((r) => r.ocularNice10_16?.result.latencyMs.p99 ?? NaN)),
+  nice10HealthP99: spread(col((r) => r.ocularNice10_16?.healthz?.p99 ?? NaN)),
   meanBatch: spread(col((r) => r.ocular16.server?.meanBatchSize ?? NaN)),
   queueMs: spread(col((r) => r.ocular16.server?.queueMs ?? NaN)),
   preprocessMs: spread(col((r) => r.ocular16.server?.preprocessMs ?? NaN)),
@@ -470,7 +470,7 @@ const ratios = {
   p99vsHandler16: ratio((r) => r.ocular16.result.latencyMs.p99, (r) => r.handler16.result.latencyMs.p99),
   p50vsHandler1: ratio((r) => r.ocular1.result.latencyMs.p50, (r) => r.handler1.result.latencyMs.p50),
   p50vsInProcess1: ratio((r) => r.ocular1.result.latencyMs.p50, (r) => r.inProcess.singleImageLatencyMs.p50),
-  vsNice0: ratio((r) => r.ocular16.result.throughputRps, (r) => r.ocularNice0_16?.result.throughputRps ?? NaN),
+  vsNice10: ratio((r) => r.ocular16.result.throughputRps, (r) => r.ocularNice10_16?.result.throughputRps ?? NaN),
 };
 const openP99Ratio = openResult ? openResult.result.latencyMs.p99 / s.ocular1p50.median : NaN;
 const rssGrowth = rss ? rss.rssMb[1] / rss.rssMb[0] - 1 : NaN;
@@ -490,8 +490,8 @@ lines.push(
   `| in-process loop (batch 8, overlapped) | ${fmtSpread(s.inProcess)} | ${fmtSpread(s.inProcessCpu, 2)} | | | | ${fmtSpread(s.inProcessP50)} (one image, serial) | |`,
   `| hand-written handler | ${fmtSpread(s.handler16)} | ${fmtSpread(s.handlerCpu, 2)} | ${fmtSpread(s.handler16p50)} | ${fmtSpread(s.handler16p99)} | ${fmtSpread(s.handler1)} | ${fmtSpread(s.handler1p50)} | ${fmtSpread(s.handlerHealthP99)} |`,
   `| Ocular | ${fmtSpread(s.ocular16)} | ${fmtSpread(s.ocularCpu, 2)} | ${fmtSpread(s.ocular16p50)} | ${fmtSpread(s.ocular16p99)} | ${fmtSpread(s.ocular1)} | ${fmtSpread(s.ocular1p50)} | ${fmtSpread(s.ocularHealthP99)} |`,
-  ...(ocularNice0 !== undefined
-    ? [`| Ocular with OCULAR_COMPUTE_NICE=0 (compute threads at the process priority; for comparison) | ${fmtSpread(s.nice0_16)} | ${fmtSpread(s.nice0Cpu, 2)} | ${fmtSpread(s.nice0p50)} | ${fmtSpread(s.nice0p99)} | | | ${fmtSpread(s.nice0HealthP99)} |`]
+  ...(ocularNice10 !== undefined
+    ? [`| Ocular with OCULAR_COMPUTE_NICE=10 (compute threads at nice 10; for comparison) | ${fmtSpread(s.nice10_16)} | ${fmtSpread(s.nice10Cpu, 2)} | ${fmtSpread(s.nice10p50)} | ${fmtSpread(s.nice10p99)} | | | ${fmtSpread(s.nice10HealthP99)} |`]
     : []),
   '',
   `Inside Ocular at 16 connections (from /metrics): mean batch ${fmtSpread(s.meanBatch, 2)}, queue ${fmtSpread(s.queueMs)} ms/request, preprocessing ${fmtSpread(s.preprocessMs)} ms/request, inference ${fmtSpread(s.inferenceMs)} ms/batch.`,
@@ -505,8 +505,8 @@ lines.push(
   `| throughput, Ocular / handler (1 conn) | ${fmtSpread(ratios.vsHandlerC1, 3)} | (none) | |`,
   `| p50 latency, Ocular / handler (16 conn) | ${fmtSpread(ratios.p50vsHandler16, 3)} | (none) | |`,
   `| p99 latency, Ocular / handler (16 conn) | ${fmtSpread(ratios.p99vsHandler16, 3)} | (none) | |`,
-  ...(ocularNice0 !== undefined
-    ? [`| throughput, Ocular (compute threads at nice 10, the default) / Ocular with OCULAR_COMPUTE_NICE=0 (16 conn); /healthz p99 ${fmt(s.ocularHealthP99.median)} against ${fmt(s.nice0HealthP99.median)} ms | ${fmtSpread(ratios.vsNice0, 3)} | (none) | |`]
+  ...(ocularNice10 !== undefined
+    ? [`| throughput, Ocular (compute threads at the process priority, the default) / Ocular with OCULAR_COMPUTE_NICE=10 (16 conn); /healthz p99 ${fmt(s.ocularHealthP99.median)} against ${fmt(s.nice10HealthP99.median)} ms | ${fmtSpread(ratios.vsNice10, 3)} | (none) | |`]
     : []),
   `| p50 latency, Ocular / handler (1 conn) | ${fmtSpread(ratios.p50vsHandler1, 3)} | (none) | |`,
   `| p50 latency, Ocular 1 conn / in-process single image | ${fmtSpread(ratios.p50vsInProcess1, 3)} | (none) | |`,

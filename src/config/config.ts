@@ -126,7 +126,7 @@ const OPTIONS = {
     env: 'OCULAR_COMPUTE_NICE',
     flag: 'compute-nice',
     help: 'Linux: nice value (0-19) of the threads that decode images and run inference, so that the event loop (probes, new requests) runs first on busy cores; 0 leaves them at the process priority',
-    schema: nonNegativeInt().max(19).default(10),
+    schema: nonNegativeInt().max(19).default(0),
   },
   corsOrigins: {
     env: 'OCULAR_CORS_ORIGINS',
