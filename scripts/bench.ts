@@ -364,7 +364,7 @@ const ocular = await startOcular(manifestWith('mobilenetv2', {}));
 const handler = await startHandler();
 // The same server with its compute threads at nice 10: what OCULAR_COMPUTE_NICE costs or buys.
 const ocularNice10 = opt.skip.has('nice10') ? undefined : await startOcular(manifestWith('mobilenetv2', {}), 'ocular-nice10', { OCULAR_COMPUTE_NICE: '10' });
-const n0Target: LoadTarget | undefined = ocularNice10 && { url: ocularNice10.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
+const n10Target: LoadTarget | undefined = ocularNice10 && { url: ocularNice10.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
 const oTarget: LoadTarget = { url: ocular.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
 const hTarget: LoadTarget = { url: handler.url, path: predictPath('mobilenetv2'), bodies: rawBodies };
 
@@ -385,8 +385,8 @@ try {
       async () => void (partial.inProcess = await runInProcess(opt.durationS, quick ? 10 : 30)),
       async () => void (partial.handler16 = await measure(handler, hTarget, 16, opt.durationS, true)),
       async () => void (partial.ocular16 = await measure(ocular, oTarget, 16, opt.durationS, true)),
-      ...(ocularNice10 !== undefined && n0Target !== undefined
-        ? [async () => void (partial.ocularNice10_16 = await measure(ocularNice10, n0Target, 16, opt.durationS, true))]
+      ...(ocularNice10 !== undefined && n10Target !== undefined
+        ? [async () => void (partial.ocularNice10_16 = await measure(ocularNice10, n10Target, 16, opt.durationS, true))]
         : []),
     ];
     // Rotate the order each round so no contender always runs first (or right after another).
