@@ -26,7 +26,7 @@ import { intraOpThreadsOf } from '../src/config/config.js';
 import { parseManifest } from '../src/config/manifest.js';
 import { normalizeInto, normalizeParamsOf } from '../src/tasks/preprocess/normalize.js';
 import { configureSharp, prepareImage } from '../src/tasks/preprocess/image.js';
-import { closedLoop, openLoop, predictPath, probeLatency, type LoadResult, type LoadTarget } from './lib/load.js';
+import { closedLoop, LOAD_CLIENTS, openLoop, predictPath, probeLatency, type LoadResult, type LoadTarget } from './lib/load.js';
 import { loadPhotos, prepareBody, type Photo } from './lib/photos.js';
 import { diffMetrics, scrapeMetrics, type ServerSplit } from './lib/prom.js';
 import { cpuSecondsOf, freePort, runJson, startOptions, startServer, type RunningServer } from './lib/server.js';
@@ -44,6 +44,9 @@ Options
   --rss-seconds S       time limit of the RSS part (default 240): the second reading is taken then at the latest
   --yolox-rounds N      rounds of the yolox-nano batching comparison (default 3)
   --intra-op-threads N  onnxruntime intra-op threads for every contender (default: Ocular's default)
+  --client C            closed-loop load generator: lean (default: prebuilt requests, about 0.2 ms of CPU
+                        per request) or autocannon (about 0.55 ms); it runs in this process, on the same
+                        cores as the contenders, and only the HTTP contenders pay for it
   --skip LIST           parts to skip, comma-separated: prep,ready,yolox,rss,open,nice10 (the OCULAR_COMPUTE_NICE=10 contender)
   --out PATH            report path without extension (default .cache/bench/bench): PATH.md and PATH.json
   -h, --help            this text
@@ -61,6 +64,7 @@ const { values } = parseArgs({
     'rss-seconds': { type: 'string' },
     'yolox-rounds': { type: 'string' },
     'intra-op-threads': { type: 'string', default: '0' },
+    client: { type: 'string', default: 'lean' },
     skip: { type: 'string', default: '' },
     out: { type: 'string', default: join(root, '.cache/bench/bench') },
     help: { type: 'boolean', short: 'h', default: false },
@@ -71,6 +75,10 @@ if (values.help) {
   process.exit(0);
 }
 const quick = values.quick;
+function fail(message: string): never {
+  process.stderr.write(`bench: ${message}\n`);
+  process.exit(2);
+}
 const opt = {
   rounds: Number(values.rounds ?? (quick ? 2 : 5)),
   durationS: Number(values.duration ?? (quick ? 4 : 10)),
@@ -80,6 +88,7 @@ const opt = {
   rssSeconds: Number(values['rss-seconds'] ?? (quick ? 60 : 240)),
   yoloxRounds: Number(values['yolox-rounds'] ?? (quick ? 1 : 3)),
   intraOp: Number(values['intra-op-threads']),
+  client: LOAD_CLIENTS.find((c) => c === values.client) ?? fail(`--client must be ${LOAD_CLIENTS.join(' or ')}`),
   skip: new Set(values.skip.split(',').filter((s) => s.length > 0)),
 };
 const log = (msg: string): void => void process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
@@ -160,21 +169,28 @@ interface Measured {
   result: LoadResult;
   /** Server process CPU (all threads) per 2xx answer, ms. */
   cpuMsPerRequest: number;
+  /** This process's CPU (the load generator, on the same cores) per 2xx answer, ms. */
+  clientCpuMsPerRequest: number;
   healthz?: LatencySummary;
   server?: ServerSplit;
 }
 async function measure(server: RunningServer, target: LoadTarget, connections: number, seconds: number, probe: boolean): Promise<Measured> {
-  await closedLoop(target, connections, 1.5); // warm the connections and the server's queue
+  await closedLoop(target, connections, 1.5, opt.client); // warm the connections and the server's queue
   const before = await scrapeMetrics(server.url);
   const prober = probe ? await probeLatency(server.url, 50) : undefined;
   const cpu0 = cpuSecondsOf(server.child.pid);
-  const result = await closedLoop(target, connections, seconds);
-  const cpuMsPerRequest = ((cpuSecondsOf(server.child.pid) - cpu0) * 1000) / (result.throughputRps * result.durationS);
+  const client0 = process.cpuUsage();
+  const result = await closedLoop(target, connections, seconds, opt.client);
+  const client = process.cpuUsage(client0);
+  const answered = result.throughputRps * result.durationS;
+  const cpuMsPerRequest = ((cpuSecondsOf(server.child.pid) - cpu0) * 1000) / answered;
+  const clientCpuMsPerRequest = (client.user + client.system) / 1000 / answered;
   const healthz = await prober?.stop();
   const after = await scrapeMetrics(server.url);
   return {
     result,
     cpuMsPerRequest,
+    clientCpuMsPerRequest,
     ...(healthz !== undefined && { healthz }),
     ...(before && after && { server: diffMetrics(before, after, 'mobilenetv2') }),
   };
@@ -252,7 +268,7 @@ async function rssAfter(counts: [number, number]): Promise<{ rssMb: [number, num
     for (const n of counts) {
       // Closed loop at 16 connections, in runs of about 5 s, until n answers in total (or the time is up).
       while (done < n && (at.length === 0 || performance.now() < until)) {
-        const r = await closedLoop(target, 16, Math.max(1, Math.min(5, Math.ceil((n - done) / 150))));
+        const r = await closedLoop(target, 16, Math.max(1, Math.min(5, Math.ceil((n - done) / 150))), opt.client);
         done += r.requests;
       }
       await new Promise((r) => setTimeout(r, 500));
@@ -309,9 +325,9 @@ async function yoloxBatching(): Promise<YoloxResult> {
         const order = servers.map((_, i) => servers[(i + r) % servers.length] as RunningServer);
         for (const s of order) {
           const target: LoadTarget = { url: s.url, path: predictPath('yolox-nano'), bodies: rawBodies };
-          await closedLoop(target, c, 1);
+          await closedLoop(target, c, 1, opt.client);
           const before = await scrapeMetrics(s.url);
-          const res = await closedLoop(target, c, quick ? 3 : 6);
+          const res = await closedLoop(target, c, quick ? 3 : 6, opt.client);
           const after = await scrapeMetrics(s.url);
           tput.get(s)?.push(res.throughputRps);
           if (before && after) batch.get(s)?.push(diffMetrics(before, after, 'yolox-nano').meanBatchSize);
@@ -405,7 +421,7 @@ try {
   if (!opt.skip.has('open')) {
     const capacity = spread(rounds.map((r) => r.ocular16.result.throughputRps)).median;
     const rps = Math.max(1, Math.round(capacity * 0.6));
-    await closedLoop(oTarget, 4, 1);
+    await closedLoop(oTarget, 4, 1, opt.client);
     const before = await scrapeMetrics(ocular.url);
     const result = await openLoop(oTarget, rps, opt.openDurationS);
     const after = await scrapeMetrics(ocular.url);
@@ -431,6 +447,8 @@ const s = {
   inProcessCpu: spread(col((r) => r.inProcess.cpuMsPerImage)),
   handlerCpu: spread(col((r) => r.handler16.cpuMsPerRequest)),
   ocularCpu: spread(col((r) => r.ocular16.cpuMsPerRequest)),
+  handlerClientCpu: spread(col((r) => r.handler16.clientCpuMsPerRequest)),
+  ocularClientCpu: spread(col((r) => r.ocular16.clientCpuMsPerRequest)),
   handler16: spread(col((r) => r.handler16.result.throughputRps)),
   ocular16: spread(col((r) => r.ocular16.result.throughputRps)),
   handler1: spread(col((r) => r.handler1.result.throughputRps)),
@@ -480,7 +498,7 @@ const lines: string[] = [];
 lines.push(`### Benchmark run ${machine.date}`, '');
 lines.push(
   `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memGiB} GiB, Node ${machine.node}, load average at start ${machine.loadAvgAtStart.join(' ')}; GPU: ${machine.gpu}.`,
-  `Settings: ${opt.rounds} interleaved rounds, ${opt.durationS} s per saturated run, ${opt.c1DurationS} s per single-connection run; intra-op threads ${intraOpThreadsOf({ intraOpThreads: opt.intraOp })} for every contender; env ${JSON.stringify(machine.env)}${quick ? '; **--quick (smoke run: not for the record)**' : ''}.`,
+  `Settings: ${opt.rounds} interleaved rounds, ${opt.durationS} s per saturated run, ${opt.c1DurationS} s per single-connection run; intra-op threads ${intraOpThreadsOf({ intraOpThreads: opt.intraOp })} for every contender; closed-loop client ${opt.client}; env ${JSON.stringify(machine.env)}${quick ? '; **--quick (smoke run: not for the record)**' : ''}.`,
   `Command: \`npm run bench${process.argv.slice(2).length > 0 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}\``,
   '',
   'Median (min–max) over the rounds; ratios are of the medians, with the min–max of the per-round ratios.',
@@ -493,6 +511,8 @@ lines.push(
   ...(ocularNice10 !== undefined
     ? [`| Ocular with OCULAR_COMPUTE_NICE=10 (compute threads at nice 10; for comparison) | ${fmtSpread(s.nice10_16)} | ${fmtSpread(s.nice10Cpu, 2)} | ${fmtSpread(s.nice10p50)} | ${fmtSpread(s.nice10p99)} | | | ${fmtSpread(s.nice10HealthP99)} |`]
     : []),
+  '',
+  `Load generator (${opt.client}, in the bench process, on the same cores; the in-process loop has none): ${fmtSpread(s.ocularClientCpu, 2)} ms of CPU per request against Ocular, ${fmtSpread(s.handlerClientCpu, 2)} against the handler, at 16 connections.`,
   '',
   `Inside Ocular at 16 connections (from /metrics): mean batch ${fmtSpread(s.meanBatch, 2)}, queue ${fmtSpread(s.queueMs)} ms/request, preprocessing ${fmtSpread(s.preprocessMs)} ms/request, inference ${fmtSpread(s.inferenceMs)} ms/batch.`,
   '',

@@ -6,7 +6,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { closedLoop, openLoop, predictPath, type LoadTarget } from './lib/load.js';
+import { closedLoop, LOAD_CLIENTS, openLoop, predictPath, type LoadClient, type LoadTarget } from './lib/load.js';
 import { loadPhotos, prepareBody, type BodyKind } from './lib/photos.js';
 import { diffMetrics, scrapeMetrics } from './lib/prom.js';
 import { loadTable, type LoadRow } from './lib/report.js';
@@ -19,7 +19,7 @@ and the split of a request's time between queue, preprocessing and inference.
 
 Modes
   closed   closed loop: for each value of --concurrency, that many connections each send the next request
-           when the previous answer arrives (autocannon). Latency runs from each send.
+           when the previous answer arrives (--client). Latency runs from each send.
   open     open loop: requests arrive at --rate per second whatever the server does; latency runs from each
            request's scheduled send time, so queueing (in the client or the server) is not hidden.
   both     closed sweep, then open loop.
@@ -34,6 +34,10 @@ Options
   --concurrency LIST   closed-loop connections, comma-separated (default 1,4,16,64)
   --rate LIST          open-loop arrival rates in requests/s, comma-separated (default 50)
   --max-connections N  open-loop socket cap (default 256)
+  --client C           closed-loop client: autocannon (default) or lean, a minimal keep-alive HTTP/1.1
+                       client that writes prebuilt requests (about 0.2 ms of CPU per request against
+                       autocannon's 0.55 here: worth it when the load generator shares the server's cores;
+                       scripts/bench.ts uses it). The open loop always uses the lean client's socket pool.
   --duration S         seconds per run (default 10)
   --warmup S           seconds of unmeasured load before the first run (default 2)
   --out PATH           report path without extension: writes PATH.json and PATH.md (default .cache/loadtest/report)
@@ -55,6 +59,7 @@ interface LoadtestOptions {
   concurrency: number[];
   rate: number[];
   maxConnections: number;
+  client: LoadClient;
   durationS: number;
   warmupS: number;
   out: string;
@@ -80,6 +85,7 @@ function parseLoadtestArgs(argv: string[]): LoadtestOptions | 'help' {
       concurrency: { type: 'string', default: '1,4,16,64' },
       rate: { type: 'string', default: '50' },
       'max-connections': { type: 'string', default: '256' },
+      client: { type: 'string', default: 'autocannon' },
       duration: { type: 'string', default: '10' },
       warmup: { type: 'string', default: '2' },
       out: { type: 'string', default: '.cache/loadtest/report' },
@@ -92,6 +98,8 @@ function parseLoadtestArgs(argv: string[]): LoadtestOptions | 'help' {
   if (values.mode !== 'closed' && values.mode !== 'open' && values.mode !== 'both') {
     throw new Error('--mode must be closed, open or both');
   }
+  const client = LOAD_CLIENTS.find((c) => c === values.client);
+  if (client === undefined) throw new Error(`--client must be ${LOAD_CLIENTS.join(' or ')}`);
   const shared = process.env['OCULAR_SHARED_DIR'] ?? '../shared';
   return {
     url: values.url,
@@ -103,6 +111,7 @@ function parseLoadtestArgs(argv: string[]): LoadtestOptions | 'help' {
     concurrency: numbers(values.concurrency, 'concurrency').map(Math.round),
     rate: numbers(values.rate, 'rate'),
     maxConnections: Math.round(numbers(values['max-connections'], 'max-connections')[0] as number),
+    client,
     durationS: numbers(values.duration, 'duration')[0] as number,
     warmupS: Number(values.warmup),
     out: values.out,
@@ -113,7 +122,7 @@ function parseLoadtestArgs(argv: string[]): LoadtestOptions | 'help' {
 async function runLoadtest(o: LoadtestOptions): Promise<LoadRow[]> {
   const photos = loadPhotos(o.images);
   const target: LoadTarget = { url: o.url, path: predictPath(o.model, o.query), bodies: photos.map((p) => prepareBody(p, o.body)) };
-  if (o.warmupS > 0) await closedLoop(target, Math.max(...o.concurrency, 4), o.warmupS);
+  if (o.warmupS > 0) await closedLoop(target, Math.max(...o.concurrency, 4), o.warmupS, o.client);
   const rows: LoadRow[] = [];
   const measure = async (run: () => ReturnType<typeof closedLoop>) => {
     const before = await scrapeMetrics(o.url);
@@ -123,7 +132,7 @@ async function runLoadtest(o: LoadtestOptions): Promise<LoadRow[]> {
     rows.push({ label: o.label, result, server });
     process.stderr.write(`${loadTable(rows.slice(-1)).split('\n')[2]}\n`);
   };
-  if (o.mode !== 'open') for (const c of o.concurrency) await measure(() => closedLoop(target, c, o.durationS));
+  if (o.mode !== 'open') for (const c of o.concurrency) await measure(() => closedLoop(target, c, o.durationS, o.client));
   if (o.mode !== 'closed') for (const r of o.rate) await measure(() => openLoop(target, r, o.durationS, o.maxConnections));
   return rows;
 }

@@ -1,17 +1,18 @@
 /**
- * Load generators. Closed loop: autocannon keeps `connections` requests in flight, each connection sending its
- * next request when the previous answer arrives (latency from send). Open loop: requests are sent at a fixed
- * arrival rate whatever the server does, and each latency is measured from the request's *scheduled* send time,
- * so time spent waiting for a free connection or for the server counts (no coordinated omission).
+ * Load generators. Closed loop: `connections` requests in flight, each connection sending its next request when
+ * the previous answer arrives (latency from send), driven by autocannon or by the lean client of
+ * `http1-pool.ts`. Open loop: requests are sent at a fixed arrival rate whatever the server does, and each
+ * latency is measured from the request's *scheduled* send time, so time spent waiting for a free connection or
+ * for the server counts (no coordinated omission).
  *
  * Bodies are the real photos, round-robin across the whole load (one shared counter), prepared once.
  * Traffic goes only where `url` points; scripts/loadtest.ts and scripts/bench.ts use 127.0.0.1.
  */
 import { spawn } from 'node:child_process';
-import http from 'node:http';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
+import { buildRequest, Http1Pool, type SendOutcome } from './http1-pool.js';
 import type { PreparedBody } from './photos.js';
 import { summarize, type LatencySummary } from './stats.js';
 
@@ -43,8 +44,25 @@ export interface LoadResult {
   statuses: Record<string, number>;
 }
 
-/** Closed loop with autocannon for `durationS` seconds. */
-export async function closedLoop(target: LoadTarget, connections: number, durationS: number): Promise<LoadResult> {
+/**
+ * The closed loop's client. `autocannon` (the default of scripts/loadtest.ts) builds each request anew, since the
+ * body changes from one request to the next; `lean` (scripts/bench.ts) writes prebuilt buffers and costs less than
+ * half the CPU per request (docs/PERFORMANCE.md), which matters when it shares the server's cores.
+ */
+export type LoadClient = 'autocannon' | 'lean';
+export const LOAD_CLIENTS: readonly LoadClient[] = ['autocannon', 'lean'];
+
+/** Closed loop for `durationS` seconds with `client`. */
+export function closedLoop(
+  target: LoadTarget,
+  connections: number,
+  durationS: number,
+  client: LoadClient = 'autocannon',
+): Promise<LoadResult> {
+  return client === 'lean' ? leanClosedLoop(target, connections, durationS) : autocannonClosedLoop(target, connections, durationS);
+}
+
+async function autocannonClosedLoop(target: LoadTarget, connections: number, durationS: number): Promise<LoadResult> {
   let next = 0;
   const { bodies } = target;
   const result = await autocannon({
@@ -79,34 +97,58 @@ export async function closedLoop(target: LoadTarget, connections: number, durati
   };
 }
 
-/** One request on `agent`; resolves with the status (0 for a socket error). Never rejects. */
-function send(agent: http.Agent, url: URL, path: string, b: PreparedBody, timeoutMs: number): Promise<number> {
-  return new Promise((resolve) => {
-    const req = http.request(
-      {
-        agent,
-        host: url.hostname,
-        port: url.port,
-        method: 'POST',
-        path,
-        headers: { 'content-type': b.contentType, 'content-length': b.body.length },
-        timeout: timeoutMs,
-      },
-      (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-        res.on('error', () => resolve(0));
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', () => resolve(0));
-    req.end(b.body);
-  });
+function requestsOf(target: LoadTarget): Buffer[] {
+  const url = new URL(target.url);
+  return target.bodies.map((b) => buildRequest(url, target.path, b.contentType, b.body));
+}
+
+function outcomeKey(outcome: SendOutcome): string {
+  return typeof outcome === 'number' ? String(outcome) : outcome;
+}
+
+/**
+ * Closed loop with the lean client: `connections` loops, each on a socket of its own, send request after request
+ * until `durationS` has passed; answers still in flight then are not counted (as autocannon does).
+ */
+async function leanClosedLoop(target: LoadTarget, connections: number, durationS: number): Promise<LoadResult> {
+  const requests = requestsOf(target);
+  const pool = new Http1Pool(new URL(target.url), connections, 30_000);
+  const latencies: number[] = [];
+  const statuses: Record<string, number> = {};
+  let next = 0;
+  const until = performance.now() + durationS * 1000;
+  const loop = async (): Promise<void> => {
+    while (performance.now() < until) {
+      const sentAt = performance.now();
+      const outcome = await pool.send(requests[next++ % requests.length] as Buffer);
+      const now = performance.now();
+      if (now > until) return;
+      const key = outcomeKey(outcome);
+      statuses[key] = (statuses[key] ?? 0) + 1;
+      if (typeof outcome === 'number' && outcome >= 200 && outcome < 300) latencies.push(now - sentAt);
+      // A refused or reset connection must not become a busy loop of reconnects.
+      else if (outcome === 'socket') await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  const loops = Promise.all(Array.from({ length: connections }, loop));
+  // At the deadline the sockets go, so that a request the server is still holding does not extend the run.
+  await new Promise((r) => setTimeout(r, Math.max(0, until - performance.now())));
+  pool.destroy();
+  await loops;
+  return {
+    mode: 'closed',
+    connections,
+    durationS,
+    requests: Object.values(statuses).reduce((a, b) => a + b, 0),
+    throughputRps: latencies.length / durationS,
+    latencyMs: summarize(latencies),
+    statuses,
+  };
 }
 
 /**
  * Open loop at `rps` for `durationS`: request i is due at start + i/rps and its latency runs from that instant.
- * At most `maxConnections` sockets; a request waiting for one is still on the clock.
+ * At most `maxConnections` sockets (the lean client's pool); a request waiting for one is still on the clock.
  */
 export async function openLoop(
   target: LoadTarget,
@@ -114,8 +156,8 @@ export async function openLoop(
   durationS: number,
   maxConnections = 256,
 ): Promise<LoadResult> {
-  const url = new URL(target.url);
-  const agent = new http.Agent({ keepAlive: true, maxSockets: maxConnections });
+  const requests = requestsOf(target);
+  const pool = new Http1Pool(new URL(target.url), maxConnections, 30_000);
   const total = Math.max(1, Math.round(rps * durationS));
   const latencies = new Float64Array(total);
   const okFlags = new Uint8Array(total);
@@ -129,13 +171,12 @@ export async function openLoop(
       while (sent < total && start + (sent * 1000) / rps <= now) {
         const i = sent++;
         const due = start + (i * 1000) / rps;
-        const b = target.bodies[i % target.bodies.length] as PreparedBody;
         pending.push(
-          send(agent, url, target.path, b, 30_000).then((status) => {
+          pool.send(requests[i % requests.length] as Buffer).then((outcome) => {
             latencies[i] = performance.now() - due;
-            const key = status === 0 ? 'socket' : String(status);
+            const key = outcomeKey(outcome);
             statuses[key] = (statuses[key] ?? 0) + 1;
-            if (status >= 200 && status < 300) okFlags[i] = 1;
+            if (typeof outcome === 'number' && outcome >= 200 && outcome < 300) okFlags[i] = 1;
           }),
         );
       }
@@ -150,7 +191,7 @@ export async function openLoop(
   });
   await Promise.all(pending);
   const elapsedS = (performance.now() - start) / 1000;
-  agent.destroy();
+  pool.destroy();
   const ok: number[] = [];
   for (let i = 0; i < total; i++) if (okFlags[i] === 1) ok.push(latencies[i] as number);
   return {
