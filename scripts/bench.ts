@@ -42,7 +42,7 @@ Options
   --open-duration S     seconds of the open-loop run (default 20)
   --rss-requests A,B    requests before the two RSS readings (default 2000,20000)
   --rss-seconds S       time limit of the RSS part (default 240): the second reading is taken then at the latest
-  --yolox-rounds N      rounds of the yolox-nano batching comparison (default 3)
+  --yolox-rounds N      rounds of the yolox-nano batching comparison (default 5, as many as the main rounds)
   --intra-op-threads N  onnxruntime intra-op threads for every contender (default: Ocular's default)
   --client C            closed-loop load generator: lean (default: prebuilt requests, about 0.2 ms of CPU
                         per request) or autocannon (about 0.55 ms); it runs in this process, on the same
@@ -86,7 +86,7 @@ const opt = {
   openDurationS: Number(values['open-duration'] ?? (quick ? 6 : 20)),
   rss: (values['rss-requests'] ?? (quick ? '300,1500' : '2000,20000')).split(',').map(Number) as [number, number],
   rssSeconds: Number(values['rss-seconds'] ?? (quick ? 60 : 240)),
-  yoloxRounds: Number(values['yolox-rounds'] ?? (quick ? 1 : 3)),
+  yoloxRounds: Number(values['yolox-rounds'] ?? (quick ? 1 : 5)),
   intraOp: Number(values['intra-op-threads']),
   client: LOAD_CLIENTS.find((c) => c === values.client) ?? fail(`--client must be ${LOAD_CLIENTS.join(' or ')}`),
   skip: new Set(values.skip.split(',').filter((s) => s.length > 0)),
