@@ -297,8 +297,10 @@ interface YoloxRow {
 }
 interface YoloxResult {
   rows: YoloxRow[];
-  /** What the tuned server chose and measured (its /v1/models batching). */
+  /** What the first round's tuned server chose and measured (its /v1/models batching). */
   batchLimit: number;
+  /** The limit each round's tuned server chose. */
+  limits: number[];
   tuning?: { perImageMs: { size: number; ms: number }[] };
 }
 async function batchingOf(url: string, model: string): Promise<{ batchLimit: number; tuning?: { perImageMs: { size: number; ms: number }[] } }> {
@@ -308,51 +310,69 @@ async function batchingOf(url: string, model: string): Promise<{ batchLimit: num
   if (b === undefined) throw new Error(`${model}: no stage in /v1/models`);
   return { batchLimit: b.batchLimit, ...(b.tuning !== undefined && { tuning: b.tuning }) };
 }
+/**
+ * Each round starts the three servers afresh (in a rotating order) and measures them at 1, 4 and 16 connections,
+ * again in a rotating order. Fresh processes every round: on this machine one process of a build can run a few per
+ * cent faster or slower than another of the same build for its whole life (memory layout), so servers kept for all
+ * rounds would carry one draw of that into every round.
+ */
 async function yoloxBatching(): Promise<YoloxResult> {
-  const b8 = await startOcular(manifestWith('yolox-nano', { maxBatchSize: 8 }), 'yolox-b8');
-  const b8u = await startOcular(manifestWith('yolox-nano', { maxBatchSize: 8, tune: 'off' }), 'yolox-b8-untuned');
-  const b1 = await startOcular(manifestWith('yolox-nano', { maxBatchSize: 1 }), 'yolox-b1');
-  try {
-    const chosen = await batchingOf(b8.url, 'yolox-nano');
-    log(`yolox batch 8, tuned: batch limit ${chosen.batchLimit} (${JSON.stringify(chosen.tuning?.perImageMs ?? [])})`);
-    const rows: YoloxRow[] = [];
-    const servers = [b8, b8u, b1];
-    for (const c of [1, 4, 16]) {
-      const tput = new Map(servers.map((s) => [s, [] as number[]]));
-      const batch = new Map(servers.map((s) => [s, [] as number[]]));
-      for (let r = 0; r < opt.yoloxRounds; r++) {
-        // Rotate the order each round, so that a noisy neighbour does not always hit the same contender.
-        const order = servers.map((_, i) => servers[(i + r) % servers.length] as RunningServer);
-        for (const s of order) {
-          const target: LoadTarget = { url: s.url, path: predictPath('yolox-nano'), bodies: rawBodies };
+  const kinds = [
+    { key: 'b8', manifest: manifestWith('yolox-nano', { maxBatchSize: 8 }) },
+    { key: 'b8u', manifest: manifestWith('yolox-nano', { maxBatchSize: 8, tune: 'off' }) },
+    { key: 'b1', manifest: manifestWith('yolox-nano', { maxBatchSize: 1 }) },
+  ] as const;
+  type Key = (typeof kinds)[number]['key'];
+  const conns = [1, 4, 16];
+  const tput = new Map<string, number[]>();
+  const batch = new Map<string, number[]>();
+  const push = (m: Map<string, number[]>, k: string, v: number) => m.set(k, [...(m.get(k) ?? []), v]);
+  const limits: number[] = [];
+  let chosen: Awaited<ReturnType<typeof batchingOf>> | undefined;
+  for (let r = 0; r < opt.yoloxRounds; r++) {
+    // Rotate the order each round, so that a noisy neighbour does not always hit the same contender.
+    const order = kinds.map((_, i) => kinds[(i + r) % kinds.length] as (typeof kinds)[number]);
+    const servers: { key: Key; server: RunningServer }[] = [];
+    try {
+      for (const k of order) servers.push({ key: k.key, server: await startOcular(k.manifest, `yolox-${k.key}`) });
+      const tuned = servers.find((x) => x.key === 'b8')?.server as RunningServer;
+      const b = await batchingOf(tuned.url, 'yolox-nano');
+      chosen ??= b;
+      limits.push(b.batchLimit);
+      for (const c of conns) {
+        for (const { key, server } of servers) {
+          const target: LoadTarget = { url: server.url, path: predictPath('yolox-nano'), bodies: rawBodies };
           await closedLoop(target, c, 1, opt.client);
-          const before = await scrapeMetrics(s.url);
+          const before = await scrapeMetrics(server.url);
           const res = await closedLoop(target, c, quick ? 3 : 6, opt.client);
-          const after = await scrapeMetrics(s.url);
-          tput.get(s)?.push(res.throughputRps);
-          if (before && after) batch.get(s)?.push(diffMetrics(before, after, 'yolox-nano').meanBatchSize);
+          const after = await scrapeMetrics(server.url);
+          push(tput, `${key}/${c}`, res.throughputRps);
+          if (before && after) push(batch, `${key}/${c}`, diffMetrics(before, after, 'yolox-nano').meanBatchSize);
         }
       }
-      const t = (s: RunningServer): Spread => spread(tput.get(s) ?? []);
-      const row: YoloxRow = {
-        connections: c,
-        batch8: t(b8),
-        batch8Untuned: t(b8u),
-        batch1: t(b1),
-        ratio: t(b8).median / t(b1).median,
-        ratioUntuned: t(b8u).median / t(b1).median,
-        meanBatch: spread(batch.get(b8) ?? []).median,
-        meanBatchUntuned: spread(batch.get(b8u) ?? []).median,
-      };
-      log(`yolox c=${c}: batch 8 tuned ${fmtSpread(row.batch8)}, untuned ${fmtSpread(row.batch8Untuned)}, batch 1 ${fmtSpread(row.batch1)} req/s; ratios ${fmt(row.ratio, 3)}, ${fmt(row.ratioUntuned, 3)}`);
-      rows.push(row);
+    } finally {
+      for (const { server } of servers) await server.stop();
     }
-    return { rows, ...chosen };
-  } finally {
-    await b8.stop();
-    await b8u.stop();
-    await b1.stop();
+    log(`yolox round ${r + 1}/${opt.yoloxRounds}: tuned limit ${limits[limits.length - 1]}; ${conns.map((c) => `c=${c} ${kinds.map((k) => `${k.key} ${fmt(tput.get(`${k.key}/${c}`)?.at(-1) ?? NaN)}`).join(' ')}`).join(' | ')} req/s`);
   }
+  const rows: YoloxRow[] = conns.map((c) => {
+    const t = (k: Key): Spread => spread(tput.get(`${k}/${c}`) ?? []);
+    return {
+      connections: c,
+      batch8: t('b8'),
+      batch8Untuned: t('b8u'),
+      batch1: t('b1'),
+      ratio: t('b8').median / t('b1').median,
+      ratioUntuned: t('b8u').median / t('b1').median,
+      meanBatch: spread(batch.get(`b8/${c}`) ?? []).median,
+      meanBatchUntuned: spread(batch.get(`b8u/${c}`) ?? []).median,
+    };
+  });
+  for (const row of rows) {
+    log(`yolox c=${row.connections}: batch 8 tuned ${fmtSpread(row.batch8)}, untuned ${fmtSpread(row.batch8Untuned)}, batch 1 ${fmtSpread(row.batch1)} req/s; ratios ${fmt(row.ratio, 3)}, ${fmt(row.ratioUntuned, 3)}`);
+  }
+  if (chosen === undefined) throw new Error('no yolox round ran');
+  return { rows, ...chosen, limits };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -541,11 +561,11 @@ lines.push(
     ? `| RSS after ${rss.requests[0]} / ${rss.requests[1]} requests | ${fmt(rss.rssMb[0])} / ${fmt(rss.rssMb[1])} MiB (${rssGrowth >= 0 ? '+' : ''}${fmt(rssGrowth * 100)} %) | within 10 % | ${yes(Math.abs(rssGrowth) <= 0.1)} |`
     : '| RSS | skipped | within 10 % | |',
   ...(yolox?.rows ?? []).flatMap((y) => [
-    `| yolox-nano ${y.connections} conn: dynamic batching (maxBatchSize 8, tuned: limit ${yolox?.batchLimit ?? '?'}) / batch 1 | ${fmt(y.ratio, 3)} (${fmtSpread(y.batch8)} vs ${fmtSpread(y.batch1)} req/s; mean batch ${fmt(y.meanBatch, 2)}) | ${y.connections === 1 ? '≥ 0.95' : '≥ 1.0'} | ${yes(y.ratio >= (y.connections === 1 ? 0.95 : 1.0))} |`,
+    `| yolox-nano ${y.connections} conn: dynamic batching (maxBatchSize 8, tuned: limit ${[...new Set(yolox?.limits ?? [])].join(' or ')}) / batch 1 | ${fmt(y.ratio, 3)} (${fmtSpread(y.batch8)} vs ${fmtSpread(y.batch1)} req/s; mean batch ${fmt(y.meanBatch, 2)}) | ${y.connections === 1 ? '≥ 0.95' : '≥ 1.0'} | ${yes(y.ratio >= (y.connections === 1 ? 0.95 : 1.0))} |`,
     `| yolox-nano ${y.connections} conn: batching up to 8, tune off / batch 1 | ${fmt(y.ratioUntuned, 3)} (${fmtSpread(y.batch8Untuned)} req/s; mean batch ${fmt(y.meanBatchUntuned, 2)}) | (for comparison) | |`,
   ]),
   ...(yolox !== undefined
-    ? [`| yolox-nano warm-up tuning: per-image ms by batch size | ${(yolox.tuning?.perImageMs ?? []).map((x) => `${x.size}: ${fmt(x.ms, 1)}`).join(', ')} → limit ${yolox.batchLimit} | (none) | |`]
+    ? [`| yolox-nano warm-up tuning (first round's server): per-image ms by batch size | ${(yolox.tuning?.perImageMs ?? []).map((x) => `${x.size}: ${fmt(x.ms, 1)}`).join(', ')} → limit ${yolox.batchLimit}; limits over the rounds: ${yolox.limits.join(', ')} | (none) | |`]
     : []),
   prep
     ? `| preprocessing per image, serial: Ocular prepare (+ normalize) / sharp decode + resize to raw | ${fmt(prep.ocularMs, 2)} (${fmt(prep.ocularNormalizeMs, 2)}) / ${fmt(prep.sharpMs, 2)} ms = ${fmt(prep.ocularMs / prep.sharpMs, 3)} | (none) | |`
