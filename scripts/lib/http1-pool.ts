@@ -53,8 +53,11 @@ class ResponseParser {
       if (this.chunked) {
         if (!this.skipChunks()) return;
       } else {
-        if (this.buf.length < this.remaining) return;
-        this.buf = this.buf.subarray(this.remaining);
+        // Body bytes are dropped as they come, so a long body is never gathered.
+        const take = Math.min(this.buf.length, this.remaining);
+        this.buf = this.buf.subarray(take);
+        this.remaining -= take;
+        if (this.remaining > 0) return;
       }
       this.remaining = -1;
       this.chunked = false;
@@ -125,9 +128,11 @@ class Connection {
   ) {
     const parser = new ResponseParser((status, close) => {
       const done = this.busy;
+      // An answer nobody asked for: the stream cannot be trusted any more.
+      if (done === undefined) throw new Error('an answer without a request');
       this.busy = undefined;
       if (close) this.socket.destroy();
-      done?.resolve(status);
+      done.resolve(status);
       if (!close) this.onFree(this);
     });
     this.socket = net.connect({ host, port, noDelay: true });

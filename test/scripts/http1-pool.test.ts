@@ -135,6 +135,34 @@ t.test('an answer this client cannot frame closes the socket and counts as socke
   t.equal(await pool.send(buildRequest(url, '/', 'text/plain', Buffer.from('x'))), 'socket');
 });
 
+t.test('a long body is skipped, and an answer nobody asked for retires its socket', async (t) => {
+  const long = Buffer.alloc(5_000_000, 'y');
+  let requests = 0;
+  const raw = net.createServer((sock) => {
+    sock.on('data', () => {
+      requests++;
+      if (requests === 1) sock.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-length: ${long.length}\r\n\r\n`), long]));
+      // The second request gets its answer and then one more, unasked.
+      else if (requests === 2) sock.write('HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n');
+      else sock.write('HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n');
+    });
+  });
+  let connections = 0;
+  raw.on('connection', () => connections++);
+  await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => raw.close());
+  const { port } = raw.address() as AddressInfo;
+  const url = new URL(`http://127.0.0.1:${port}`);
+  const pool = new Http1Pool(url, 1, 5000);
+  t.teardown(() => pool.destroy());
+  const send = () => pool.send(buildRequest(url, '/', 'text/plain', Buffer.from('x')));
+  t.equal(await send(), 200, 'a 5 MB body read to its end');
+  t.equal(await send(), 202);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.equal(await send(), 201, 'the next request goes out on a new socket');
+  t.equal(connections, 2, 'the socket that carried the unasked answer was closed');
+});
+
 t.test('requests beyond the socket cap wait for a free socket, in order', async (t) => {
   const s = await serve(t, (_req, res, body) => setTimeout(() => json(res, 200, { n: body.toString() }), 20));
   const pool = new Http1Pool(s.url, 2, 5000);
