@@ -116,13 +116,15 @@ async function leanClosedLoop(target: LoadTarget, connections: number, durationS
   const latencies: number[] = [];
   const statuses: Record<string, number> = {};
   let next = 0;
+  let stopped = false;
   const until = performance.now() + durationS * 1000;
   const loop = async (): Promise<void> => {
-    while (performance.now() < until) {
+    while (!stopped && performance.now() < until) {
       const sentAt = performance.now();
       const outcome = await pool.send(requests[next++ % requests.length] as Buffer);
       const now = performance.now();
-      if (now > until) return;
+      // Cut off by the deadline (the timer below may fire a fraction of a millisecond before it): not counted.
+      if (stopped || now > until) return;
       const key = outcomeKey(outcome);
       statuses[key] = (statuses[key] ?? 0) + 1;
       if (typeof outcome === 'number' && outcome >= 200 && outcome < 300) latencies.push(now - sentAt);
@@ -133,6 +135,7 @@ async function leanClosedLoop(target: LoadTarget, connections: number, durationS
   const loops = Promise.all(Array.from({ length: connections }, loop));
   // At the deadline the sockets go, so that a request the server is still holding does not extend the run.
   await new Promise((r) => setTimeout(r, Math.max(0, until - performance.now())));
+  stopped = true;
   pool.destroy();
   await loops;
   return {
