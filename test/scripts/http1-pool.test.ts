@@ -196,6 +196,7 @@ t.test('the lean closed loop: connections as asked, bodies round-robin, every an
   const refused = r.statuses['429'] ?? 0;
   t.ok(ok > 10, `${ok} answers 200 in 0.5 s`);
   t.ok(refused > 0 && Math.abs(refused - (ok + refused) / 5) <= 3, `${refused} of ${ok + refused} answers 429 (every fifth)`);
+  t.same(Object.keys(r.statuses).sort(), ['200', '429'], 'no socket errors: requests cut off by the deadline are not counted');
   t.equal(r.latencyMs.count, ok, 'latency of the 2xx answers only');
   t.equal(r.throughputRps, ok / 0.5);
   t.ok(s.seen.every((x) => x.url === '/v1/models/m/predict' && x.contentType === 'image/jpeg'));
