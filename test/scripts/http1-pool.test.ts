@@ -122,14 +122,23 @@ t.test('nothing listening: every request ends as socket, none hangs', async (t) 
   t.same(outcomes, ['socket', 'socket', 'socket']);
 });
 
-t.test('an answer this client cannot frame closes the socket and counts as socket', async (t) => {
+/** A bare TCP server whose sockets get whatever bytes `onSocket` writes: answers Node's server would never send. */
+async function rawServer(t: Test, onSocket: (sock: net.Socket) => void): Promise<{ url: URL; connections: () => number }> {
+  let connections = 0;
   const raw = net.createServer((sock) => {
-    sock.once('data', () => sock.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nno length, no chunks'));
+    connections++;
+    onSocket(sock);
   });
   await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
   t.teardown(() => raw.close());
   const { port } = raw.address() as AddressInfo;
-  const url = new URL(`http://127.0.0.1:${port}`);
+  return { url: new URL(`http://127.0.0.1:${port}`), connections: () => connections };
+}
+
+t.test('an answer this client cannot frame closes the socket and counts as socket', async (t) => {
+  const { url } = await rawServer(t, (sock) => {
+    sock.once('data', () => sock.write('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nno length, no chunks'));
+  });
   const pool = new Http1Pool(url, 1, 1000);
   t.teardown(() => pool.destroy());
   t.equal(await pool.send(buildRequest(url, '/', 'text/plain', Buffer.from('x'))), 'socket');
@@ -138,7 +147,7 @@ t.test('an answer this client cannot frame closes the socket and counts as socke
 t.test('a long body is skipped, and an answer nobody asked for retires its socket', async (t) => {
   const long = Buffer.alloc(5_000_000, 'y');
   let requests = 0;
-  const raw = net.createServer((sock) => {
+  const { url, connections } = await rawServer(t, (sock) => {
     sock.on('data', () => {
       requests++;
       if (requests === 1) sock.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\ncontent-length: ${long.length}\r\n\r\n`), long]));
@@ -147,12 +156,6 @@ t.test('a long body is skipped, and an answer nobody asked for retires its socke
       else sock.write('HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n');
     });
   });
-  let connections = 0;
-  raw.on('connection', () => connections++);
-  await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => raw.close());
-  const { port } = raw.address() as AddressInfo;
-  const url = new URL(`http://127.0.0.1:${port}`);
   const pool = new Http1Pool(url, 1, 5000);
   t.teardown(() => pool.destroy());
   const send = () => pool.send(buildRequest(url, '/', 'text/plain', Buffer.from('x')));
@@ -160,7 +163,7 @@ t.test('a long body is skipped, and an answer nobody asked for retires its socke
   t.equal(await send(), 202);
   await new Promise((resolve) => setTimeout(resolve, 50));
   t.equal(await send(), 201, 'the next request goes out on a new socket');
-  t.equal(connections, 2, 'the socket that carried the unasked answer was closed');
+  t.equal(connections(), 2, 'the socket that carried the unasked answer was closed');
 });
 
 t.test('requests beyond the socket cap wait for a free socket, in order', async (t) => {
