@@ -116,9 +116,9 @@ class ResponseParser {
 class Connection {
   readonly socket: net.Socket;
   busy: Pending | undefined;
+  /** When `busy` was handed to this connection (a request waiting for the connect is on the clock too). */
   sentAt = 0;
   private ready = false;
-  private queued: Pending | undefined;
 
   constructor(
     host: string,
@@ -138,9 +138,7 @@ class Connection {
     this.socket = net.connect({ host, port, noDelay: true });
     this.socket.on('connect', () => {
       this.ready = true;
-      const q = this.queued;
-      this.queued = undefined;
-      if (q !== undefined) this.write(q);
+      if (this.busy !== undefined) this.socket.write(this.busy.request);
     });
     this.socket.on('data', (d: Buffer) => {
       try {
@@ -151,31 +149,24 @@ class Connection {
     });
     this.socket.on('error', () => {}); // 'close' follows and settles what was in flight
     this.socket.on('close', () => {
-      const p = this.busy ?? this.queued;
+      const p = this.busy;
       this.busy = undefined;
-      this.queued = undefined;
       this.onGone(this);
       p?.resolve('socket');
     });
   }
 
+  /** Sends now, or once the socket has connected. */
   send(p: Pending): void {
     this.busy = p;
     this.sentAt = performance.now();
-    if (this.ready) this.write(p);
-    else this.queued = p;
-  }
-
-  private write(p: Pending): void {
-    this.sentAt = performance.now();
-    this.socket.write(p.request);
+    if (this.ready) this.socket.write(p.request);
   }
 
   /** Ends a request that outlived the timeout: the socket goes, the request resolves 'timeout'. */
   expire(): void {
     const p = this.busy;
     this.busy = undefined;
-    this.queued = undefined;
     this.socket.destroy();
     p?.resolve('timeout');
   }
