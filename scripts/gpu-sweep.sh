@@ -7,10 +7,11 @@
 #
 #   scripts/gpu-sweep.sh OUT_DIR [CONFIG ...]
 #
-# CONFIG is model:device:maxBatchSize:maxQueueDelayMs[:tune[:padBatches[:uvThreads]]], e.g.
-# yolox-nano:cuda:32:2:off:gpu:16; device is cuda, cpu or auto (OCULAR_DEVICE); tune and padBatches are the
-# manifest's batching fields (default off and gpu); uvThreads, if given, is the server's UV_THREADPOOL_SIZE (the
-# libuv pool that runs sharp), else it inherits this script's.
+# CONFIG is model:device:maxBatchSize:maxQueueDelayMs[:tune[:padBatches[:uvThreads[:instances]]]], e.g.
+# yolox-nano:cuda:32:2:off:gpu:16:2; device is cuda, cpu or auto (OCULAR_DEVICE); tune and padBatches are the
+# manifest's batching fields (default off and gpu); uvThreads, if given (may be empty), is the server's
+# UV_THREADPOOL_SIZE (the libuv pool that runs sharp), else it inherits this script's; instances is the manifest's
+# `instances` (runner workers, each with its own session; default the manifest's, 1).
 # Without configurations: yolox-nano (the fp32 detector, the GPU signal) on CUDA at batch 1, 8 and 32 with queue
 # delays 0 and 2 ms (padded batches), batch 32 unpadded, then on the CPU provider at the default batching (tuned);
 # then mobilenetv2 on CUDA at batch 1 and 32 and on the CPU.
@@ -49,15 +50,16 @@ read -ra node_opts < <("$node" --input-type=module -e '
 echo "server: $node ${node_opts[*]} dist/src/main.js"
 
 # A one-model manifest from the shared fixture, with absolute paths and the batching asked for.
-manifest() { # model batch delay tune pad file
+manifest() { # model batch delay tune pad instances file
   "$node" -e '
     const fs = require("fs"); const path = require("path");
-    const [fixture, shared, model, batch, delay, tune, padBatches, file] = process.argv.slice(1);
+    const [fixture, shared, model, batch, delay, tune, padBatches, instances, file] = process.argv.slice(1);
     const m = JSON.parse(fs.readFileSync(fixture, "utf8")).models.find((e) => e.name === model);
     if (!m) { console.error(`no model ${model} in ${fixture}`); process.exit(2); }
     const fix = (p) => path.join(shared, p.replace(/^(\.\.\/)+shared\//, ""));
     m.source = fix(m.source); if (m.labels) m.labels = fix(m.labels);
     m.batching = { ...m.batching, maxBatchSize: Number(batch), maxQueueDelayMs: Number(delay), maxQueueSize: 512, tune, padBatches };
+    if (instances) m.instances = Number(instances);
     fs.writeFileSync(file, JSON.stringify({ models: [m] }));
   ' "$root/test/fixtures/shared.manifest.json" "$shared" "$@"
 }
@@ -84,11 +86,11 @@ stop_server() {
 trap stop_server EXIT
 
 for config in "${configs[@]}"; do
-  IFS=: read -r model device batch delay tune pad uv <<<"$config"
+  IFS=: read -r model device batch delay tune pad uv instances <<<"$config"
   tune=${tune:-off} pad=${pad:-gpu}
-  name="$model-$device-b$batch-d$delay-tune_$tune-pad_$pad${uv:+-uv$uv}"
-  echo "== $name"
-  manifest "$model" "$batch" "$delay" "$tune" "$pad" "$out/$name.manifest.json" || continue
+  name="$model-$device-b$batch-d$delay-tune_$tune-pad_$pad${uv:+-uv$uv}${instances:+-i$instances}"
+  echo "== $name ($(date -u +%T))"
+  manifest "$model" "$batch" "$delay" "$tune" "$pad" "${instances:-}" "$out/$name.manifest.json" || continue
   env ${uv:+UV_THREADPOOL_SIZE=$uv} OCULAR_MANIFEST="$out/$name.manifest.json" OCULAR_DEVICE="$device" PORT="$port" HOST=127.0.0.1 \
     OCULAR_LOG_LEVEL="${LOG_LEVEL:-warn}" OCULAR_PLAYGROUND=false "$node" "${node_opts[@]}" "$root/dist/src/main.js" >"$out/$name.log" 2>&1 &
   server=$!
@@ -109,7 +111,7 @@ for config in "${configs[@]}"; do
   "$node" -e '
     const m = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).models[0];
     const s = m.stages?.[0] ?? m;
-    console.log("   provider", s.provider, s.fallbackReason ?? "", "nodes", JSON.stringify(s.nodeCounts), "batchLimit", s.batching?.batchLimit, "padded", s.batching?.padded);
+    console.log("   provider", s.provider, s.fallbackReason ?? "", "nodes", JSON.stringify(s.nodeCounts), "batchLimit", s.batching?.batchLimit, "padded", s.batching?.padded, "instances", s.instances);
   ' "$out/$name.models.json" || true
   # One answer kept for checking against another provider's: the first photo, unloaded.
   "$node" -e '

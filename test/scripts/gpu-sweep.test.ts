@@ -26,7 +26,7 @@ async function freePort(): Promise<number> {
 const built = existsSync(join(projectRoot, 'dist/src/main.js')) && existsSync(join(projectRoot, 'dist/scripts/loadtest.js'));
 
 t.test(
-  'one configuration: the server started from dist, /v1/models saved, one answer kept, a summary row per concurrency',
+  'one configuration (two runner instances): the server started from dist, /v1/models saved, one answer kept, a summary row per concurrency',
   { ...sharedTestOptions('models/mobilenetv2-12-int8/model.onnx', 'images'), ...(!built && { skip: 'dist/ not built: npm run build' }) },
   async (t) => {
     const out = mkdtempSync(join(tmpdir(), 'ocular-gpu-sweep-'));
@@ -39,17 +39,18 @@ t.test(
       CONCURRENCY: '1,2',
       PORT: String(await freePort()),
     };
-    const { stdout } = await run('bash', [join(projectRoot, 'scripts/gpu-sweep.sh'), out, 'mobilenetv2:cpu:2:0:off:always:2'], {
+    const { stdout } = await run('bash', [join(projectRoot, 'scripts/gpu-sweep.sh'), out, 'mobilenetv2:cpu:2:0:off:always:2:2'], {
       env,
       timeout: 120_000,
     });
-    const name = 'mobilenetv2-cpu-b2-d0-tune_off-pad_always-uv2';
+    const name = 'mobilenetv2-cpu-b2-d0-tune_off-pad_always-uv2-i2';
     t.match(stdout, `server: ${process.execPath} ${startOptions(join(projectRoot, 'package.json')).join(' ')} dist/src/main.js`, "npm start's node options");
     t.match(stdout, `== ${name}`);
     const stage = JSON.parse(readFileSync(join(out, `${name}.models.json`), 'utf8')).models[0].stages[0];
     t.equal(stage.provider, 'cpu');
     t.same(stage.batching.padded, true, 'padBatches always: padded, as /v1/models says');
     t.equal(stage.batching.batchLimit, 2);
+    t.equal(stage.instances, 2, 'the configuration\'s instances reach the manifest');
     const answer = JSON.parse(readFileSync(join(out, `${name}.predict.json`), 'utf8'));
     t.equal(answer.status, 200);
     t.ok(answer.body.predictions.length > 0, `${answer.photo}: predictions kept`);
