@@ -64,8 +64,11 @@ const StageFields = {
     .default(2 * 1024 ** 3),
   input: InputSpecSchema,
   batching: BatchingSchema.default(BatchingSchema.parse({})),
-  /** Worker threads, one session each. */
-  instances: z.number().int().min(1).max(64).default(1),
+  /**
+   * Worker threads, one session each (default 1). `auto`: two on the CPU provider where the cores hold two
+   * sessions' intra-op threads, one on a GPU provider (core/runner/providers.ts, resolveInstances).
+   */
+  instances: z.union([z.literal('auto'), z.number().int().min(1).max(64)]).default(1),
   /** Execution providers for this model, overriding the server's. */
   providers: z.array(ProviderSchema).min(1).optional(),
 };

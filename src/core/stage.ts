@@ -4,6 +4,7 @@ import { OcularError } from '../errors.js';
 import { normalizeParamsOf } from '../tasks/preprocess/normalize.js';
 import { shouldPadBatches, type BatchTuning } from './batch-tuning.js';
 import { Batcher } from './batcher.js';
+import type { InstancesSetting } from './runner/providers.js';
 import { createSessionPool, type SessionPool } from './runner/session-pool.js';
 import type { Telemetry } from './telemetry.js';
 import type { OutputTensor, Outputs, PreparedPixels, ProviderName } from './types.js';
@@ -30,7 +31,7 @@ export interface StageOptions {
   input: InputSpec;
   batching: Batching;
   defaultTimeoutMs: number;
-  instances: number;
+  instances: InstancesSetting;
   providers: ProviderName[];
   fallbackToCpu: boolean;
   gpuDeviceId: number;

@@ -144,6 +144,11 @@ t.test('an http source with a sha256 parses (the server option decides whether i
   t.equal(singleStage(m.models[0])?.source, 'http://mirror.internal/m.onnx');
 });
 
+t.test('instances: a count as given, or auto', async (t) => {
+  t.equal(singleStage(parseManifest({ models: [entry({ instances: 3 })] }).models[0])?.instances, 3);
+  t.equal(singleStage(parseManifest({ models: [entry({ instances: 'auto' })] }).models[0])?.instances, 'auto');
+});
+
 t.test('invalid manifests are refused with a message naming the path', async (t) => {
   const cases: [string, unknown, RegExp][] = [
     ['missing models', {}, /models: .*expected array/],
@@ -186,6 +191,9 @@ t.test('invalid manifests are refused with a message naming the path', async (t)
     ['classification without labels', { models: [entry({ labels: undefined })] }, /models\[0\]\.labels: /],
     ['detection without head', { models: [entry({ task: 'object-detection' })] }, /models\[0\]\.head: /],
     ['unknown provider', { models: [entry({ providers: ['rocm'] })] }, /models\[0\]\.providers\[0\]: /],
+    ['instances 0', { models: [entry({ instances: 0 })] }, /models\[0\]\.instances: /],
+    ['instances as a word', { models: [entry({ instances: 'two' })] }, /models\[0\]\.instances: /],
+    ['instances 2.5', { models: [entry({ instances: 2.5 })] }, /models\[0\]\.instances: /],
   ];
   for (const [what, json, want] of cases) {
     const message = manifestErrorOf(t, json);

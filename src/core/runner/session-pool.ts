@@ -20,12 +20,14 @@
  * themselves from JS, between native calls. A run error that reads like a broken GPU (CUDA/cuDNN failure) also goes to
  * `onFatal`: the process should exit non-zero and be restarted rather than serve from a broken device.
  */
+import { availableParallelism } from 'node:os';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { OcularError } from '../../errors.js';
 import type { NormalizeParams } from '../../tasks/preprocess/normalize.js';
 import type { Outputs, PreparedPixels, ProviderName, TensorMeta } from '../types.js';
+import { resolveInstances, type InstancesSetting } from './providers.js';
 import type { FeedData, FeedTensor, FromWorker, SlotItem, ToWorker, WorkerFault, WorkerInit } from './worker.js';
 
 export interface PoolLogger {
@@ -41,7 +43,10 @@ export interface SessionPoolOptions {
   providers: ProviderName[];
   fallbackToCpu: boolean;
   gpuDeviceId: number;
-  instances: number;
+  /** Sessions (worker threads); `auto` is resolved from the first session's provider (resolveInstances). */
+  instances: InstancesSetting;
+  /** Cores available, for `instances: auto`; default os.availableParallelism(). */
+  cpus?: number;
   intraOpNumThreads: number;
   interOpNumThreads: number;
   inputName?: string;
@@ -187,7 +192,7 @@ type ReadyMessage = Extract<FromWorker, { type: 'ready' }>;
 class SlotPool {
   private readonly free: SharedArrayBuffer[] = [];
 
-  constructor(private readonly maxFree: number) {}
+  constructor(public maxFree: number) {}
 
   acquire(bytes: number): SharedArrayBuffer {
     let best = -1;
@@ -221,8 +226,8 @@ function errorOf(message: string): Error {
 }
 
 export async function createSessionPool(opts: SessionPoolOptions): Promise<SessionPool> {
-  if (!Number.isInteger(opts.instances) || opts.instances < 1) {
-    throw new RangeError(`instances must be a positive integer, got ${opts.instances}`);
+  if (opts.instances !== 'auto' && (!Number.isInteger(opts.instances) || opts.instances < 1)) {
+    throw new RangeError(`instances must be a positive integer or 'auto', got ${opts.instances}`);
   }
   const log = opts.logger ?? noopLogger;
   const model = opts.modelName;
@@ -243,7 +248,8 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
   const handles = new Set<WorkerHandle>();
   const idleList: WorkerHandle[] = [];
   const queue: Job[] = [];
-  const slots = new SlotPool(opts.instances * 2);
+  // Two free slots per instance; sized again once `auto` is resolved.
+  const slots = new SlotPool(opts.instances === 'auto' ? 2 : opts.instances * 2);
   const respawnTimers = new Set<NodeJS.Timeout>();
   let nextId = 1;
   let inFlight = 0;
@@ -392,7 +398,9 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
   const first = started.ready;
   idleList.push(started.handle);
   init = { ...baseInit, providers: [first.provider], fallbackToCpu: false, inputName: first.inputName };
-  const rest = await Promise.allSettled(Array.from({ length: opts.instances - 1 }, () => spawn(init)));
+  const instances = resolveInstances(opts.instances, first.provider, opts.intraOpNumThreads, opts.cpus ?? availableParallelism());
+  slots.maxFree = instances * 2;
+  const rest = await Promise.allSettled(Array.from({ length: instances - 1 }, () => spawn(init)));
   const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed !== undefined) {
     closing = true;
@@ -429,7 +437,7 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
     log.warn({ model, reason: first.profileError }, 'node counts unavailable');
   }
   log.info(
-    { model, provider: first.provider, instances: opts.instances, nodeCounts: first.nodeCounts },
+    { model, provider: first.provider, instances, ...(opts.instances === 'auto' && { instancesSetting: 'auto' }), nodeCounts: first.nodeCounts },
     'session pool ready',
   );
 
@@ -449,7 +457,7 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
     get info() {
       return info;
     },
-    instances: opts.instances,
+    instances,
     get idle() {
       return idleList.length;
     },

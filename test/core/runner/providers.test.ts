@@ -1,7 +1,7 @@
 import t from 'tap';
 import * as ort from 'onnxruntime-node';
 import type { InferenceSession } from 'onnxruntime-common';
-import { createSessionWithFallback, resolveProviders, type OrtApi } from '../../../src/core/runner/providers.js';
+import { createSessionWithFallback, resolveInstances, resolveProviders, type OrtApi } from '../../../src/core/runner/providers.js';
 import { modelPath, sharedTestOptions } from '../../helpers/shared.js';
 
 const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
@@ -145,4 +145,15 @@ t.test('a model that cannot load fails even on cpu, with onnxruntime’s text', 
   t.ok(loadError, 'onnxruntime refused the file');
   t.type(thrown, Error);
   t.ok((thrown as Error).message.includes(loadError as string), 'the error carries onnxruntime’s text');
+});
+
+t.test('resolveInstances: a count as given; auto is two sessions on the CPU where the cores hold them, one on a GPU', async (t) => {
+  t.equal(resolveInstances(3, 'cpu', 1, 2), 3, 'a count is kept, whatever the machine');
+  t.equal(resolveInstances(1, 'cuda', 8, 16), 1);
+  t.equal(resolveInstances('auto', 'cpu', 1, 2), 2, '2 cores, 1 intra-op thread each');
+  t.equal(resolveInstances('auto', 'cpu', 8, 16), 2, '16 cores, half of them per session (the default)');
+  t.equal(resolveInstances('auto', 'cpu', 1, 1), 1, 'one core');
+  t.equal(resolveInstances('auto', 'cpu', 4, 6), 1, 'two sessions of 4 threads would oversubscribe 6 cores');
+  t.equal(resolveInstances('auto', 'cpu', 0, 2), 2, 'intra-op 0 (onnxruntime decides) counts as 1');
+  for (const gpu of ['cuda', 'tensorrt', 'webgpu'] as const) t.equal(resolveInstances('auto', gpu, 8, 16), 1, `${gpu}: one session`);
 });

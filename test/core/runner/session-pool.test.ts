@@ -171,6 +171,19 @@ t.test('a raw tensor run matches the reference output', sharedTestOptions(MOBILE
   t.equal(input.data.length, 3 * 224 * 224, 'the caller keeps its feed buffer');
 });
 
+t.test('instances auto: two sessions on the CPU of a 2-core machine, one on a single core', sharedTestOptions(MOBILENET), async (t) => {
+  const two = await openPool(t, mobilenetOptions({ instances: 'auto', cpus: 2 }));
+  t.equal(two.instances, 2);
+  t.equal(two.idle, 2, 'both workers started before the pool is ready');
+  const [a, b] = await Promise.all([
+    two.runImages({ items: [pixels(224, 224, 1)], tensorHeight: 224, tensorWidth: 224 }),
+    two.runImages({ items: [pixels(224, 224, 2)], tensorHeight: 224, tensorWidth: 224 }),
+  ]);
+  t.same([a['output']?.dims, b['output']?.dims], [[1, 1000], [1, 1000]], 'two batches at once, one per worker');
+  const one = await openPool(t, mobilenetOptions({ instances: 'auto', cpus: 1 }));
+  t.equal(one.instances, 1);
+});
+
 t.test('session info shows the provider, node counts and dynamic batch', sharedTestOptions(MOBILENET), async (t) => {
   const pool = await openPool(t, mobilenetOptions({ instances: 2 }));
   t.equal(pool.instances, 2);
