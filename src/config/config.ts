@@ -1,6 +1,6 @@
-import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
+import { availableCpus } from './cpus.js';
 
 /**
  * The only reader of process.env and argv. Everything the server can be told is one entry of OPTIONS: its
@@ -119,7 +119,7 @@ const OPTIONS = {
   intraOpThreads: {
     env: 'OCULAR_INTRA_OP_THREADS',
     flag: 'intra-op-threads',
-    help: 'onnxruntime intra-op threads per session (0 = half the cores, at least 1; the rest decode images)',
+    help: 'onnxruntime intra-op threads per session (0 = half the CPUs, at least 1; the rest decode images; CPUs: the cores, capped by a container CPU limit read from the cgroup)',
     schema: nonNegativeInt().default(0),
   },
   computeNice: {
@@ -269,13 +269,14 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
 }
 
 /**
- * Resolved onnxruntime intra-op thread count. The default (0) is half the cores, at least 1: decoding and resizing
+ * Resolved onnxruntime intra-op thread count. The default (0) is half the CPUs (the cores, capped by a container's
+ * CPU limit: config/cpus.ts), at least 1: decoding and resizing
  * (sharp, on libuv's threads) cost about twice what inference does per image on the CPU (docs/PERFORMANCE.md), so
  * giving onnxruntime every core oversubscribes them; on 2 cores, 1 thread cut CPU per request by about 10 % against
  * 2 non-spinning threads and 30 % against 2 spinning ones.
  */
 export function intraOpThreadsOf(config: Pick<Config, 'intraOpThreads'>): number {
-  return config.intraOpThreads > 0 ? config.intraOpThreads : Math.max(1, Math.floor(availableParallelism() / 2));
+  return config.intraOpThreads > 0 ? config.intraOpThreads : Math.max(1, Math.floor(availableCpus() / 2));
 }
 
 export function helpText(): string {

@@ -20,10 +20,10 @@
  * themselves from JS, between native calls. A run error that reads like a broken GPU (CUDA/cuDNN failure) also goes to
  * `onFatal`: the process should exit non-zero and be restarted rather than serve from a broken device.
  */
-import { availableParallelism } from 'node:os';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { availableCpus } from '../../config/cpus.js';
 import { OcularError } from '../../errors.js';
 import type { NormalizeParams } from '../../tasks/preprocess/normalize.js';
 import type { Outputs, PreparedPixels, ProviderName, TensorMeta } from '../types.js';
@@ -45,7 +45,7 @@ export interface SessionPoolOptions {
   gpuDeviceId: number;
   /** Sessions (worker threads); `auto` is resolved from the first session's provider (resolveInstances). */
   instances: InstancesSetting;
-  /** Cores available, for `instances: auto`; default os.availableParallelism(). */
+  /** CPUs available, for `instances: auto`; default availableCpus() (the cores, capped by a cgroup CPU limit). */
   cpus?: number;
   intraOpNumThreads: number;
   interOpNumThreads: number;
@@ -398,7 +398,7 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
   const first = started.ready;
   idleList.push(started.handle);
   init = { ...baseInit, providers: [first.provider], fallbackToCpu: false, inputName: first.inputName };
-  const instances = resolveInstances(opts.instances, first.provider, opts.intraOpNumThreads, opts.cpus ?? availableParallelism());
+  const instances = resolveInstances(opts.instances, first.provider, opts.intraOpNumThreads, opts.cpus ?? availableCpus());
   slots.maxFree = instances * 2;
   const rest = await Promise.allSettled(Array.from({ length: instances - 1 }, () => spawn(init)));
   const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
