@@ -65,7 +65,7 @@ const StageFields = {
   input: InputSpecSchema,
   batching: BatchingSchema.default(BatchingSchema.parse({})),
   /**
-   * Worker threads, one session each (default 1). `auto`: two on the CPU provider where the cores hold two
+   * Worker threads, one session each (default 1). `auto`: two on the CPU provider where the CPUs hold two
    * sessions' intra-op threads, one on a GPU provider (core/runner/providers.ts, resolveInstances).
    */
   instances: z.union([z.literal('auto'), z.number().int().min(1).max(64)]).default(1),

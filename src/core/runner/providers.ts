@@ -45,14 +45,14 @@ export type InstancesSetting = number | 'auto';
 /**
  * How many sessions (worker threads) a stage runs for `auto`, given the provider its first session got.
  *
- * - On the CPU provider, two when the cores hold two sessions' intra-op threads (2 × intraOpThreads ≤ cpus),
- *   else one. One session runs one batch at a time on its intra-op threads and leaves the rest of the machine to
- *   decoding; where inference costs more per image than decoding (a detector, OCR), that single batch is the
- *   bottleneck and a core sits half idle. A second session lets the next batch run while one is in progress
- *   (docs/PERFORMANCE.md, "Two sessions on the CPU": +10–25 % for yolox-nano and +35–44 % for OCR on 2 cores, no
- *   measurable change for mobilenetv2). It costs a second copy of the session's memory (OCR: about +330 MB) and
- *   the event loop's latency under saturation (/healthz p99 above 20 ms on 2 cores), which is why it is not the
- *   default.
+ * - On the CPU provider, two when the CPUs (config/cpus.ts) hold two sessions' intra-op threads
+ *   (2 × intraOpThreads ≤ cpus), else one. One session runs one batch at a time on its intra-op threads and
+ *   leaves the rest of the machine to decoding; where inference costs more per image than decoding (a detector,
+ *   OCR), that single batch is the bottleneck and a core sits half idle. A second session lets the next batch
+ *   run while one is in progress (docs/PERFORMANCE.md, "Two sessions on the CPU": +10–25 % for yolox-nano and
+ *   +35–44 % for OCR on 2 cores, no measurable change for mobilenetv2). It costs a second copy of the session's
+ *   memory (OCR: about +330 MB) and the event loop's latency under saturation (/healthz p99 above 20 ms on
+ *   2 cores), which is why it is not the default.
  * - On a GPU provider, one: on an H200 two to four sessions served no more than one (host preprocessing is the
  *   bound there), and each holds its own CUDA context and device memory.
  */
