@@ -209,6 +209,13 @@ for tag in cpu gpu; do
 done
 check "ocular-ci-gpu: fell back to the CPU with a warning (auto, no CUDA here)" \
   bash -c "'$DOCKER' logs ocular-ci-gpu 2>&1 | grep -q '\"provider\":\"cpu\"'"
+# The intra-op default and `instances: auto` count CPUs capped by the container's CPU limit (src/config/cpus.ts),
+# which os.availableParallelism() does not see.
+cpus_under_limit() { # cpus_under_limit CPUS: what Ocular counts inside the cpu image under `docker run --cpus CPUS`
+  "$DOCKER" run --rm --cpus "$1" --entrypoint node "$IMG:cpu" --input-type=module \
+    -e "const { availableCpus } = await import('/app/dist/src/config/cpus.js'); console.log(availableCpus())"
+}
+check "cpu image: under --cpus 1 Ocular counts 1 CPU ($(nproc) cores here)" test "$(cpus_under_limit 1)" = 1
 
 step "docker stop drains in-flight requests"
 # 24 concurrent detections straight to the container's address (no docker-proxy in between, so a refused
