@@ -283,6 +283,16 @@ async function rssAfter(counts: [number, number]): Promise<{ rssMb: [number, num
   }
 }
 
+/**
+ * The issue's targets are on the median of the interleaved pairs: `a[i] / b[i]` for each round i, then their median
+ * (with their min and max). `ofMedians`, the ratio of the two contenders' medians, is kept for comparison with runs
+ * before 2026-11-28, whose headline it was.
+ */
+type RatioSpread = Spread & { ofMedians: number };
+function pairRatio(a: readonly number[], b: readonly number[]): RatioSpread {
+  return { ...spread(a.map((x, i) => x / (b[i] ?? NaN))), ofMedians: spread(a).median / spread(b).median };
+}
+
 interface YoloxRow {
   connections: number;
   /** maxBatchSize 8 with the default tuning (on the CPU provider: capped at the size warm-up measured cheapest). */
@@ -290,9 +300,9 @@ interface YoloxRow {
   /** maxBatchSize 8, tune off: every batch up to 8. */
   batch8Untuned: Spread;
   batch1: Spread;
-  /** Median (min–max) of the per-round ratios, and the ratio of the medians (see ratio()). */
-  ratio: Spread & { ofMedians: number };
-  ratioUntuned: Spread & { ofMedians: number };
+  /** Against batch 1, round by round (pairRatio). */
+  ratio: RatioSpread;
+  ratioUntuned: RatioSpread;
   meanBatch: number;
   meanBatchUntuned: number;
 }
@@ -359,11 +369,7 @@ async function yoloxBatching(): Promise<YoloxResult> {
   const rows: YoloxRow[] = conns.map((c) => {
     const t = (k: Key): Spread => spread(tput.get(`${k}/${c}`) ?? []);
     // Each round's servers are measured one after another: the round is the pair, as for the main contenders.
-    const perRound = (k: Key): Spread & { ofMedians: number } => {
-      const a = tput.get(`${k}/${c}`) ?? [];
-      const b = tput.get(`b1/${c}`) ?? [];
-      return { ...spread(a.map((x, i) => x / (b[i] ?? NaN))), ofMedians: t(k).median / t('b1').median };
-    };
+    const perRound = (k: Key): RatioSpread => pairRatio(tput.get(`${k}/${c}`) ?? [], tput.get(`b1/${c}`) ?? []);
     return {
       connections: c,
       batch8: t('b8'),
@@ -499,15 +505,7 @@ const s = {
   inferenceMs: spread(col((r) => r.ocular16.server?.inferencePerBatchMs ?? NaN)),
 };
 /** Ratio of the medians, and the ratios of each round's pair (min–max), so the spread of the pairing shows. */
-/**
- * The issue's targets are on the median of the interleaved pairs: each round's ratio, then their median (with their
- * min and max). `ofMedians`, the ratio of the two contenders' medians, is kept for comparison with runs before
- * 2026-11-28, whose headline it was.
- */
-type RatioSpread = Spread & { ofMedians: number };
-function ratio(a: (r: Round) => number, b: (r: Round) => number): RatioSpread {
-  return { ...spread(rounds.map((r) => a(r) / b(r))), ofMedians: spread(rounds.map(a)).median / spread(rounds.map(b)).median };
-}
+const ratio = (a: (r: Round) => number, b: (r: Round) => number): RatioSpread => pairRatio(rounds.map(a), rounds.map(b));
 const withOfMedians = (r: RatioSpread): string => `${fmtSpread(r, 3)}; ratio of the medians ${fmt(r.ofMedians, 3)}`;
 const ratios = {
   vsInProcess: ratio((r) => r.ocular16.result.throughputRps, (r) => r.inProcess.imagesPerSecond),
