@@ -100,12 +100,7 @@ export async function warmupStage(
     runBatch: (n) => stage.runDirect(Array.from({ length: n }, () => item), policy, { pad: false }),
   });
   stage.applyTuning(tuning);
-  if (tuning.chosen < stage.maxBatchSize) {
-    // The larger batches tried grew onnxruntime's memory arena, which batches of the chosen size never use again
-    // (yolox-nano tuned to 1: 321 against 179 MiB): fresh sessions, warmed at the limit (padded where it pads).
-    await stage.pool.renew();
-    await stage.runDirect(stage.padsBatches ? [item] : Array.from({ length: tuning.chosen }, () => item), policy);
-  } else if (stage.padsBatches) await stage.runDirect([item], policy);
+  if (stage.padsBatches) await stage.runDirect([item], policy);
 }
 
 export function shapePolicyOf(spec: InputSpec): StageOptions['shapePolicy'] {

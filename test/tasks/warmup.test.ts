@@ -3,7 +3,7 @@ import { BatchingSchema } from '../../src/config/manifest.js';
 import type { ImageBatch } from '../../src/core/runner/session-pool.js';
 import { Stage } from '../../src/core/stage.js';
 import { noopTelemetry } from '../../src/core/telemetry.js';
-import { greyPixels, nominalDims, warmupStage } from '../../src/tasks/pipeline.js';
+import { nominalDims, warmupStage } from '../../src/tasks/pipeline.js';
 import { mobilenetV2Spec } from '../fixtures/input-specs.js';
 import { modelPath, sharedTestOptions } from '../helpers/shared.js';
 
@@ -11,10 +11,7 @@ const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
 const silent = { info() {}, warn() {}, error() {}, debug() {} };
 
 /** A real mobilenet stage on the CPU provider whose pool records the rows and padTo of every run. */
-async function recordedStage(
-  t: Test,
-  batching: object,
-): Promise<{ stage: Stage; runs: { items: number; padTo?: number; renewed?: true }[] }> {
+async function recordedStage(t: Test, batching: object): Promise<{ stage: Stage; runs: { items: number; padTo?: number }[] }> {
   const stage = await Stage.create({
     model: 'mobilenet',
     stage: 'main',
@@ -33,17 +30,11 @@ async function recordedStage(
     logger: silent,
   });
   t.teardown(() => stage.close());
-  const runs: { items: number; padTo?: number; renewed?: true }[] = [];
+  const runs: { items: number; padTo?: number }[] = [];
   const run = stage.pool.runImages.bind(stage.pool);
   stage.pool.runImages = (batch: ImageBatch) => {
     runs.push({ items: batch.items.length, ...(batch.padTo !== undefined && { padTo: batch.padTo }) });
     return run(batch);
-  };
-  // A renewal is recorded among the runs, so a test sees what ran before and after it.
-  const renew = stage.pool.renew.bind(stage.pool);
-  stage.pool.renew = async () => {
-    runs.push({ items: 0, renewed: true });
-    await renew();
   };
   return { stage, runs };
 }
@@ -53,30 +44,10 @@ t.test('a padding stage warms up at its batch limit, tunes unpadded, and runs la
   t.equal(stage.padsBatches, true);
   await warmupStage(stage, mobilenetV2Spec, 'fixed');
   t.same(runs.slice(0, 2), [{ items: 1, padTo: 4 }, { items: 4, padTo: 4 }], 'batch 1 padded to 4, then a full batch');
-  const renewed = runs.findIndex((r) => r.renewed === true);
-  const tuning = runs.slice(2, renewed >= 0 ? renewed : -1);
+  const tuning = runs.slice(2, -1);
   t.ok(tuning.length >= 3 * 3, 'three rounds over sizes 1, 2, 4');
-  t.ok(tuning.every((r) => r.padTo === undefined && r.renewed === undefined), 'tuning runs each size as it is');
+  t.ok(tuning.every((r) => r.padTo === undefined), 'tuning runs each size as it is');
   t.same(runs.at(-1), { items: 1, padTo: stage.batchLimit }, 'the last run has the shape every later run has');
-  if (stage.batchLimit < 4) {
-    t.equal(renewed, runs.length - 2, `tuned to ${stage.batchLimit} of 4: fresh sessions, then the one warm run at the limit`);
-  } else t.equal(renewed, -1, 'tuned to the full batch: the sessions are kept');
-});
-
-t.test('a stage tuned below its largest batch gets fresh sessions, warmed at the limit', sharedTestOptions(MOBILENET), async (t) => {
-  const { stage, runs } = await recordedStage(t, { maxBatchSize: 8, tune: 'always' });
-  await warmupStage(stage, mobilenetV2Spec, 'fixed');
-  const renewals = runs.filter((r) => r.renewed === true).length;
-  if (stage.batchLimit < 8) {
-    t.equal(renewals, 1, `tuned to ${stage.batchLimit} of 8: renewed once`);
-    t.same(runs.slice(-2), [{ items: 0, renewed: true }, { items: stage.batchLimit }], 'then one batch at the limit');
-  } else {
-    t.equal(renewals, 0, 'tuned to the full batch: the sessions that ran it are kept');
-  }
-  t.equal(stage.pool.idle, 1, 'the pool has its worker');
-  t.equal(stage.pool.restarts, 0, 'the renewal is not counted as a crash');
-  const served = await stage.run(greyPixels(224, 224));
-  t.same(served.outputs['output']?.dims, [1, 1000], 'the renewed stage serves through its queue');
 });
 
 t.test('a stage that does not pad warms up at batch 1 and at the full batch, and never pads', sharedTestOptions(MOBILENET), async (t) => {

@@ -116,12 +116,6 @@ export interface SessionPool {
    * ends in the middle of it ('exit'). Reachable from code only; nothing in configuration or requests sets it.
    */
   injectFault(kind: WorkerFault): void;
-  /**
-   * Replaces every worker with a fresh one: a new session, so onnxruntime's memory arena starts empty. For an idle
-   * pool between runs (warm-up), e.g. once batch tuning chose a limit below the batches it tried; rejects while a
-   * run is queued or in flight.
-   */
-  renew(): Promise<void>;
   /** Waits for queued and in-flight runs, then releases the sessions and ends the workers. Idempotent. */
   close(): Promise<void>;
   /**
@@ -541,18 +535,6 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
 
     injectFault(kind: WorkerFault): void {
       pendingFault = kind;
-    },
-
-    async renew(): Promise<void> {
-      if (closing || halted) throw new OcularError('DRAINING', `session pool of model ${model} is closed`);
-      if (inFlight > 0) throw new Error(`model ${model}: renew() needs an idle pool, ${inFlight} runs are pending`);
-      const old = idleList.splice(0);
-      // Forgotten before they end, so that their exits are not taken for crashes to replace.
-      for (const h of old) handles.delete(h);
-      await Promise.all(old.map((h) => closeWorker(h.worker)));
-      const fresh = await Promise.all(old.map(() => spawn(init)));
-      for (const { handle } of fresh) idleList.push(handle);
-      dispatch();
     },
 
     halt(timeoutMs: number): Promise<boolean> {

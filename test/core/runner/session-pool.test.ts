@@ -280,26 +280,6 @@ t.test('a worker that dies mid-run rejects that run and is replaced', sharedTest
   t.equal(pool.idle, 1);
 });
 
-t.test('renew replaces every worker with a fresh session, between runs only', sharedTestOptions(MOBILENET), async (t) => {
-  const { logger, lines } = captureLogger();
-  const pool = await openPool(t, mobilenetOptions({ instances: 2, logger }));
-  const item = pixels(224, 224, 21);
-  const before = await pool.runImages({ items: [item, item, item, item], tensorHeight: 224, tensorWidth: 224 });
-  await pool.renew();
-  t.equal(pool.instances, 2);
-  t.equal(pool.idle, 2, 'two fresh workers');
-  t.equal(pool.restarts, 0, 'ending the old workers is not taken for crashes');
-  t.notOk(lines.some((l) => l.msg === 'worker exited, replacing it'), 'nothing replaced them a second time');
-  const after = await pool.runImages({ items: [item], tensorHeight: 224, tensorWidth: 224 });
-  t.same(after['output']?.data, before['output']?.data.subarray(0, 1000), 'the fresh session gives the same answer');
-  const held = pool.hold();
-  await held.entered;
-  await t.rejects(pool.renew(), /renew\(\) needs an idle pool, 1 runs are pending/, 'refused while a run is in flight');
-  held.release();
-  await held.done;
-  t.equal(pool.idle, 2, 'the refused renewal left the workers as they were');
-});
-
 t.test('a blocked instance holds neither another instance nor another pool', sharedTestOptions(MOBILENET, YOLOX), async (t) => {
   const classifier = await openPool(t, mobilenetOptions({ instances: 2 }));
   const detector = await openPool(t, {
