@@ -141,6 +141,7 @@ t.test('ten reloads under steady load: no failed request, one switch point per v
   t.equal(baseline.loads, 1, 'loaded once at startup');
 
   const switchedAt: number[] = [];
+  const rssByCycle: number[] = [];
   for (let cycle = 1; cycle <= CYCLES; cycle++) {
     const version = `v${cycle}`;
     const bySignal = cycle % 2 === 0;
@@ -160,7 +161,9 @@ t.test('ten reloads under steady load: no failed request, one switch point per v
       if (sessions !== baseline.sessions) await sleep(50);
     }
     t.equal(sessions, baseline.sessions, `cycle ${cycle}: sessions back to ${baseline.sessions}`);
+    rssByCycle.push(Math.round(rssMiBOf(pid)));
   }
+  t.comment(`RSS after each cycle (MiB): ${rssByCycle.join(' ')}`);
   await sleep(500);
   stop = true;
   await Promise.all(clients);
