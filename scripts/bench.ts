@@ -1,14 +1,14 @@
 /**
  * The benchmark of issue #4: Ocular against the in-process loop (Ocular's own preprocessing and runner, no HTTP)
  * and against the hand-written handler (scripts/naive-handler.ts), on one machine, in one run, with the same
- * photos, model (mobilenetv2-12-int8) and thread settings, measured as interleaved rounds (the order rotates each
- * round) so that a noisy neighbour hits every contender alike; medians with min and max. Then: /healthz latency
- * while saturated, open-loop latency at 60 % of Ocular's capacity, time to ready for the default manifest, RSS
+ * photos, model (mobilenetv2-12-int8) and thread settings, measured as interleaved rounds (in a balanced order,
+ * balancedOrder) so that a noisy neighbour hits every contender alike; medians with min and max. Then: /healthz
+ * latency while saturated, open-loop latency at 60 % of Ocular's capacity, time to ready for the default manifest, RSS
  * after N and 10N requests, yolox-nano dynamic batching against batch 1, and preprocessing cost per image against
  * sharp's own decode + resize. Prints a Markdown report (every ratio against its target) and writes it, with the
  * raw numbers as JSON, to --out.
  *
- *   npm run bench                 # full run, about 8-9 minutes on 2 cores
+ *   npm run bench                 # full run, about 17 minutes on 2 cores
  *   npm run bench -- --quick      # smoke run, about 2 minutes
  *   npm run bench -- --help
  *
@@ -30,7 +30,7 @@ import { closedLoop, LOAD_CLIENTS, openLoop, predictPath, probeLatency, type Loa
 import { loadPhotos, prepareBody, type Photo } from './lib/photos.js';
 import { diffMetrics, scrapeMetrics, type ServerSplit } from './lib/prom.js';
 import { cpuSecondsOf, freePort, runJson, startOptions, startServer, type RunningServer } from './lib/server.js';
-import { fmt, fmtSpread, spread, type LatencySummary, type Spread } from './lib/stats.js';
+import { balancedOrder, fmt, fmtSpread, spread, type LatencySummary, type Spread } from './lib/stats.js';
 
 const HELP = `npm run bench -- [options]
 
@@ -42,7 +42,8 @@ Options
   --open-duration S     seconds of the open-loop run (default 20)
   --rss-requests A,B    requests before the two RSS readings (default 2000,20000)
   --rss-seconds S       time limit of the RSS part (default 240): the second reading is taken then at the latest
-  --yolox-rounds N      rounds of the yolox-nano batching comparison (default 5, as many as the main rounds)
+  --yolox-rounds N      rounds of the yolox-nano batching comparison (default 6: each of its three servers in
+                        each place, and after each other server, twice)
   --intra-op-threads N  onnxruntime intra-op threads for every contender (default: Ocular's default)
   --client C            closed-loop load generator: lean (default: prebuilt requests, about 0.2 ms of CPU
                         per request) or autocannon (about 0.55 ms); it runs in this process, on the same
@@ -86,7 +87,7 @@ const opt = {
   openDurationS: Number(values['open-duration'] ?? (quick ? 6 : 20)),
   rss: (values['rss-requests'] ?? (quick ? '300,1500' : '2000,20000')).split(',').map(Number) as [number, number],
   rssSeconds: Number(values['rss-seconds'] ?? (quick ? 60 : 240)),
-  yoloxRounds: Number(values['yolox-rounds'] ?? (quick ? 1 : 5)),
+  yoloxRounds: Number(values['yolox-rounds'] ?? (quick ? 1 : 6)),
   intraOp: Number(values['intra-op-threads']),
   client: LOAD_CLIENTS.find((c) => c === values.client) ?? fail(`--client must be ${LOAD_CLIENTS.join(' or ')}`),
   skip: new Set(values.skip.split(',').filter((s) => s.length > 0)),
@@ -322,8 +323,8 @@ async function batchingOf(url: string, model: string): Promise<{ batchLimit: num
   return { batchLimit: b.batchLimit, ...(b.tuning !== undefined && { tuning: b.tuning }) };
 }
 /**
- * Each round starts the three servers afresh (in a rotating order) and measures them at 1, 4 and 16 connections,
- * again in a rotating order. Fresh processes every round: on this machine one process of a build can run a few per
+ * Each round starts the three servers afresh and measures them at 1, 4 and 16 connections, in that round's order
+ * (balancedOrder). Fresh processes every round: on this machine one process of a build can run a few per
  * cent faster or slower than another of the same build for its whole life (memory layout), so servers kept for all
  * rounds would carry one draw of that into every round.
  */
@@ -341,8 +342,9 @@ async function yoloxBatching(): Promise<YoloxResult> {
   const limits: number[] = [];
   let chosen: Awaited<ReturnType<typeof batchingOf>> | undefined;
   for (let r = 0; r < opt.yoloxRounds; r++) {
-    // Rotate the order each round, so that a noisy neighbour does not always hit the same contender.
-    const order = kinds.map((_, i) => kinds[(i + r) % kinds.length] as (typeof kinds)[number]);
+    // A balanced order (balancedOrder): six rounds give each server each place, and each other server just before it,
+    // twice. The rotation used before ran b8 right after b1 wherever the two were adjacent, never the other way round.
+    const order = balancedOrder(kinds.length, r).map((i) => kinds[i] as (typeof kinds)[number]);
     const servers: { key: Key; server: RunningServer }[] = [];
     try {
       for (const k of order) servers.push({ key: k.key, server: await startOcular(k.manifest, `yolox-${k.key}`) });
@@ -438,8 +440,8 @@ try {
         ? [async () => void (partial.ocularNice10_16 = await measure(ocularNice10, n10Target, 16, opt.durationS, true))]
         : []),
     ];
-    // Rotate the order each round so no contender always runs first (or right after another).
-    for (let i = 0; i < steps.length; i++) await (steps[(i + r) % steps.length] as () => Promise<void>)();
+    // A balanced order (balancedOrder), so that no contender always runs first, or right after the same other one.
+    for (const i of balancedOrder(steps.length, r)) await (steps[i] as () => Promise<void>)();
     const c1 = r % 2 === 0 ? ['h', 'o'] : ['o', 'h'];
     for (const who of c1) {
       if (who === 'h') partial.handler1 = await measure(handler, hTarget, 1, opt.c1DurationS, false);

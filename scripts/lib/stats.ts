@@ -51,3 +51,20 @@ export const fmt = (v: number, digits = 1): string => (Number.isFinite(v) ? v.to
 export function fmtSpread(s: Spread, digits = 1): string {
   return `${fmt(s.median, digits)} (${fmt(s.min, digits)}–${fmt(s.max, digits)})`;
 }
+
+/**
+ * The order of `n` contenders in round `round` (0-based), from a Williams design: over one full cycle (n rounds
+ * for an even n, 2n for an odd one) every contender runs at every position equally often and runs right after
+ * every other equally often, so neither a slot in the round nor the contender just before (a process still
+ * collecting its garbage, caches it left cold) favours anyone. A plain rotation balances the positions only: of
+ * three contenders A, B, C rotated, B runs right after A in every round and never right before it.
+ */
+export function balancedOrder(n: number, round: number): number[] {
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`balancedOrder: n must be a positive integer, got ${n}`);
+  if (!Number.isInteger(round) || round < 0) throw new RangeError(`balancedOrder: round must be an integer >= 0, got ${round}`);
+  // The first row: 0, 1, n-1, 2, n-2, ...; row r adds r to each (mod n). An odd n also needs the rows reversed.
+  const first = Array.from({ length: n }, (_, j) => (j === 0 ? 0 : j % 2 === 1 ? (j + 1) / 2 : n - j / 2));
+  const r = round % (n % 2 === 0 ? n : 2 * n);
+  const row = first.map((x) => (x + (r % n)) % n);
+  return r < n ? row : row.reverse();
+}
