@@ -8,7 +8,7 @@
  * sharp's own decode + resize. Prints a Markdown report (every ratio against its target) and writes it, with the
  * raw numbers as JSON, to --out.
  *
- *   npm run bench                 # full run, about 17 minutes on 2 cores
+ *   npm run bench                 # full run, about 15 minutes on 2 cores
  *   npm run bench -- --quick      # smoke run, about 2 minutes
  *   npm run bench -- --help
  *

@@ -57,7 +57,7 @@ export function fmtSpread(s: Spread, digits = 1): string {
  * for an even n, 2n for an odd one) every contender runs at every position equally often and runs right after
  * every other equally often, so neither a slot in the round nor the contender just before (a process still
  * collecting its garbage, caches it left cold) favours anyone. A plain rotation balances the positions only: of
- * three contenders A, B, C rotated, B runs right after A in every round and never right before it.
+ * three contenders A, B, C rotated (ABC, BCA, CAB), B runs right after A wherever the two are adjacent, never before.
  */
 export function balancedOrder(n: number, round: number): number[] {
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`balancedOrder: n must be a positive integer, got ${n}`);
