@@ -192,7 +192,7 @@ type ReadyMessage = Extract<FromWorker, { type: 'ready' }>;
 class SlotPool {
   private readonly free: SharedArrayBuffer[] = [];
 
-  constructor(public maxFree: number) {}
+  constructor(private readonly maxFree: number) {}
 
   acquire(bytes: number): SharedArrayBuffer {
     let best = -1;
@@ -248,8 +248,6 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
   const handles = new Set<WorkerHandle>();
   const idleList: WorkerHandle[] = [];
   const queue: Job[] = [];
-  // Two free slots per instance; sized again once `auto` is resolved.
-  const slots = new SlotPool(opts.instances === 'auto' ? 2 : opts.instances * 2);
   const respawnTimers = new Set<NodeJS.Timeout>();
   let nextId = 1;
   let inFlight = 0;
@@ -399,7 +397,9 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
   idleList.push(started.handle);
   init = { ...baseInit, providers: [first.provider], fallbackToCpu: false, inputName: first.inputName };
   const instances = resolveInstances(opts.instances, first.provider, opts.intraOpNumThreads, opts.cpus ?? availableCpus());
-  slots.maxFree = instances * 2;
+  // Two free slots per instance. Created here, once `auto` is resolved: nothing takes a slot before the pool is
+  // returned, and no run settles (settle releases slots) before one is submitted.
+  const slots = new SlotPool(instances * 2);
   const rest = await Promise.allSettled(Array.from({ length: instances - 1 }, () => spawn(init)));
   const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed !== undefined) {
