@@ -25,6 +25,9 @@ import { registerPlaygroundRoutes } from './routes/playground.js';
 import { registerPredictRoute } from './routes/predict.js';
 import { registerRawBodyParser } from './routes/raw-body.js';
 import { registerV2Routes } from './routes/v2/index.js';
+import { availableCpus } from './config/cpus.js';
+import { prepareImage, type ImagePreparer } from './tasks/preprocess/image.js';
+import { PreprocessPool, resolvePreprocessProcesses } from './tasks/preprocess/process-pool.js';
 
 /**
  * Builds the Fastify app; never listens (main.ts does). The app owns the model registry and the metrics: models
@@ -39,6 +42,14 @@ export interface Ocular {
   reload(trigger: string): Promise<void>;
   /** Buffers for raw image bodies (routes/raw-body.ts). */
   bodyPool: BodyPool;
+  /**
+   * Starts the preprocessing processes the config asks for (`auto` is resolved from the loaded models' providers),
+   * once, after the models are loaded; resolves with their number once they are ready. Until then, and with none,
+   * images are prepared in this process.
+   */
+  startPreprocessing(): Promise<number>;
+  /** The preprocessing processes, once started with at least one. */
+  readonly preprocess: PreprocessPool | undefined;
 }
 
 declare module 'fastify' {
@@ -88,14 +99,46 @@ export async function buildApp({ config, manifest, logger, onFatal }: BuildOptio
   }) as unknown as FastifyInstance;
 
   const metrics = new Metrics();
-  const models = new ModelRegistry({ manifest, config, logger, telemetry: metrics, onFatal });
+  let preprocess: PreprocessPool | undefined;
+  let closed = false;
+  const prepare: ImagePreparer = (bytes, spec, limits) =>
+    preprocess !== undefined ? preprocess.prepare(bytes, spec, limits) : prepareImage(bytes, spec, limits);
+  const models = new ModelRegistry({ manifest, config, logger, telemetry: metrics, onFatal, prepare });
   metrics.attach(models);
   const parser = new InferParser();
   const bodyPool = new BodyPool();
-  app.decorate('ocular', { models, metrics, reload: (trigger: string) => reloadManifest(models, logger, trigger), bodyPool });
+  const startPreprocessing = async (): Promise<number> => {
+    if (preprocess !== undefined || closed) return preprocess?.size ?? 0;
+    const providers = models.list().flatMap((m) => m.stages.map((s) => s.pool.info.provider));
+    const processes = resolvePreprocessProcesses(config.preprocessProcesses, providers, availableCpus());
+    if (processes === 0) return 0;
+    preprocess = new PreprocessPool({
+      processes,
+      imageFormats: config.imageFormats,
+      nice: config.computeNice,
+      logger,
+      onUnexpectedExit: () => metrics.preprocessExits.inc(),
+    });
+    metrics.attachPreprocess(preprocess);
+    const ready = await preprocess.whenReady();
+    logger.info({ processes, ready: preprocess.stats().ready, setting: config.preprocessProcesses }, ready ? 'preprocessing processes ready' : 'preprocessing processes not all ready: images are prepared in the server meanwhile');
+    return processes;
+  };
+  app.decorate('ocular', {
+    models,
+    metrics,
+    reload: (trigger: string) => reloadManifest(models, logger, trigger),
+    bodyPool,
+    startPreprocessing,
+    get preprocess() {
+      return preprocess;
+    },
+  });
   app.addHook('onClose', async () => {
+    closed = true;
     await models.close();
     await parser.close();
+    await preprocess?.close();
   });
 
   app.setValidatorCompiler(validatorCompiler);

@@ -158,6 +158,8 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   if (!shuttingDown) logger.info({ models: app.ocular.models.list().map((m) => m.describe().provider) }, 'ready');
+  // After ready: until the children are up, images are prepared in this process.
+  if (!shuttingDown) await app.ocular.startPreprocessing();
 }
 
 process.on('uncaughtException', (err) => {

@@ -122,6 +122,12 @@ const OPTIONS = {
     help: 'onnxruntime intra-op threads per session (0 = half the CPUs, at least 1; the rest decode images; CPUs: the cores, capped by a container CPU limit read from the cgroup)',
     schema: nonNegativeInt().default(0),
   },
+  preprocessProcesses: {
+    env: 'OCULAR_PREPROCESS_PROCESSES',
+    flag: 'preprocess-processes',
+    help: 'child processes that decode and resize images for classification and detection (0 = in the server process); auto = none where every model runs on the CPU, else the CPUs less 2 (one process of sharp stops scaling at a few threads)',
+    schema: z.union([z.literal('auto'), nonNegativeInt().max(256)]).default('auto'),
+  },
   computeNice: {
     env: 'OCULAR_COMPUTE_NICE',
     flag: 'compute-nice',

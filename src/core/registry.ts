@@ -8,7 +8,7 @@ import { createDetectionPipeline } from '../tasks/detection/pipeline.js';
 import { createOcrPipeline } from '../tasks/ocr/pipeline.js';
 import { createTensorPipeline } from '../tasks/tensor/pipeline.js';
 import { nominalDims, type PipelineDeps, type TaskPipeline } from '../tasks/pipeline.js';
-import type { DecodeLimits } from '../tasks/preprocess/image.js';
+import { prepareImage, type DecodeLimits, type ImagePreparer } from '../tasks/preprocess/image.js';
 import type { BatchPaddingMode, BatchTuningMode } from './batch-tuning.js';
 import { resolveProviders } from './runner/providers.js';
 import { Stage, type Logger } from './stage.js';
@@ -163,6 +163,8 @@ export interface RegistryOptions {
     Partial<Pick<Config, 'shutdownGraceMs' | 'sourceCaFile' | 'downloadStallMs' | 'allowHttpSources'>>;
   logger: Logger;
   telemetry: Telemetry;
+  /** Prepares images for classification and detection stages; default prepareImage in this process. */
+  prepare?: ImagePreparer;
   /** Called on a fatal device error at run time (main exits non-zero so the orchestrator restarts the pod). */
   onFatal?: ((err: Error) => void) | undefined;
 }
@@ -206,8 +208,10 @@ export class ModelRegistry {
   /** http:// sources already warned about: once per source for the process, not at every reload. */
   private readonly httpSourcesWarned = new Set<string>();
   readonly limits: DecodeLimits;
+  readonly prepare: ImagePreparer;
 
   constructor(private readonly opts: RegistryOptions) {
+    this.prepare = opts.prepare ?? prepareImage;
     this.manifest = opts.manifest;
     for (const entry of opts.manifest.manifest.models) this.models.set(entry.name, new ModelHandle(entry));
     this.limits = {
@@ -441,6 +445,7 @@ export class ModelRegistry {
       const deps: PipelineDeps = {
         baseDir: this.manifest.baseDir,
         limits: this.limits,
+        prepare: this.prepare,
         createStage: async (field, stageEntry, request) => {
           requested.push(field);
           const stage = await this.createStage(handle, field, stageEntry, request.shapePolicy, request.warmupDims);

@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ModelRegistry } from '../core/registry.js';
+import type { PreprocessPool } from '../tasks/preprocess/process-pool.js';
 import type { Telemetry, Timings } from '../core/telemetry.js';
 
 /**
@@ -18,6 +19,7 @@ export type DropReason = 'client_closed' | 'timeout' | 'queue_full';
 export class Metrics implements Telemetry {
   readonly registry = new Registry();
   private models: ModelRegistry | undefined;
+  private preprocessPool: PreprocessPool | undefined;
 
   readonly requests = new Counter({
     name: 'ocular_requests_total',
@@ -78,6 +80,11 @@ export class Metrics implements Telemetry {
     labelNames: ['model', 'result'] as const,
     registers: [this.registry],
   });
+  readonly preprocessExits = new Counter({
+    name: 'ocular_preprocess_process_exits_total',
+    help: 'Preprocessing child processes that exited without being asked to (each is started again).',
+    registers: [this.registry],
+  });
   /** The modelInfo labels of each model's serving version, so a new version replaces them. */
   private readonly infoLabels = new Map<string, { model: string; version: string; provider: string }>();
   readonly modelLoadDuration = new Gauge({
@@ -107,7 +114,21 @@ export class Metrics implements Telemetry {
         this.set(sessions());
       },
     });
+    const preprocess = () => this.preprocessPool?.stats();
+    new Gauge({
+      name: 'ocular_preprocess_processes',
+      help: 'Preprocessing child processes started and ready (0: images are prepared in the server process).',
+      registers: [this.registry],
+      collect() {
+        this.set(preprocess()?.ready ?? 0);
+      },
+    });
     collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** The preprocessing processes' gauges read this pool at scrape time. */
+  attachPreprocess(pool: PreprocessPool): void {
+    this.preprocessPool = pool;
   }
 
   /** Lets the queue-depth gauge read the registry at scrape time. */

@@ -7,7 +7,7 @@ import type { Stage, StageOptions } from '../core/stage.js';
 import type { Timings } from '../core/telemetry.js';
 import type { Outputs, PreparedImage, PreparedPixels } from '../core/types.js';
 import { OcularError } from '../errors.js';
-import { prepareImage, type DecodeLimits } from './preprocess/image.js';
+import type { DecodeLimits, ImagePreparer } from './preprocess/image.js';
 
 /**
  * One pipeline per task (after transformers.js): preprocess, run through the model's stage(s), postprocess.
@@ -45,6 +45,8 @@ export interface StageRequest {
 export interface PipelineDeps {
   baseDir: string;
   limits: DecodeLimits;
+  /** Decodes and resizes an image for a stage: prepareImage here or in a preprocessing process. */
+  prepare: ImagePreparer;
   /** Fetches, verifies and loads a stage; the registry owns (and on failure closes) every stage it creates. */
   createStage(field: string, entry: StageEntry, request: StageRequest): Promise<Stage>;
 }
@@ -122,11 +124,11 @@ export async function prepareAndRun(
   stage: Stage,
   image: Buffer,
   spec: InputSpec,
-  limits: DecodeLimits,
+  deps: Pick<PipelineDeps, 'limits' | 'prepare'>,
   { signal, timings }: PredictContext,
 ): Promise<{ prepared: PreparedImage; outputs: Outputs }> {
   const started = performance.now();
-  const prepared = await prepareImage(image, spec, limits);
+  const prepared = await deps.prepare(image, spec, deps.limits);
   timings.preprocessMs += elapsedMs(started);
   throwIfAborted(signal);
   const run = await stage.run(prepared, signal);

@@ -306,6 +306,7 @@ t.test('the README table rows cover every option, with defaults', async (t) => {
     ['OCULAR_SHUTDOWN_GRACE_MS', '--shutdown-grace-ms', '25000'],
     ['OCULAR_REQUEST_TIMEOUT_MS', '--request-timeout-ms', '10000'],
     ['OCULAR_INTRA_OP_THREADS', '--intra-op-threads', '0'],
+    ['OCULAR_PREPROCESS_PROCESSES', '--preprocess-processes', 'auto'],
     ['OCULAR_COMPUTE_NICE', '--compute-nice', '0'],
     ['OCULAR_CORS_ORIGINS', '--cors-origins', 'none'],
     ['OCULAR_PLAYGROUND', '--playground', 'true'],

@@ -182,6 +182,7 @@ export async function registerV2Routes(app: FastifyInstance, opts: V2Options): P
             signal,
             timings,
             limits: models.limits,
+            prepare: models.prepare,
             baseDir: models.baseDir,
             telemetry: metrics,
             logger: request.log,

@@ -24,7 +24,7 @@ export async function createClassificationPipeline(entry: ClassificationEntry, d
     paramsSchema: ClassificationParamsSchema,
     async predict(image, rawParams, ctx) {
       const params = rawParams as z.infer<typeof ClassificationParamsSchema>;
-      const { prepared, outputs } = await prepareAndRun(stage, image, entry.input, deps.limits, ctx);
+      const { prepared, outputs } = await prepareAndRun(stage, image, entry.input, deps, ctx);
       const t = performance.now();
       const row = outputs[output.name]?.data ?? new Float32Array(0);
       const predictions = classify(row, labels, {

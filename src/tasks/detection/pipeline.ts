@@ -84,7 +84,7 @@ export async function createDetectionPipeline(entry: DetectionEntry, deps: Pipel
         classAgnostic: entry.options.classAgnostic,
         ...(classes !== undefined ? { classes } : {}),
       };
-      const { prepared, outputs } = await prepareAndRun(stage, image, entry.input, deps.limits, ctx);
+      const { prepared, outputs } = await prepareAndRun(stage, image, entry.input, deps, ctx);
       const t = performance.now();
       const detections = decode(outputs, prepared.transform, filter);
       ctx.timings.postprocessMs += elapsedMs(t);

@@ -22,6 +22,9 @@ export const IMAGE_FORMATS: readonly ImageFormat[] = ['jpeg', 'png', 'webp', 'gi
 /** Formats accepted when the configuration names none. GIF, TIFF and AVIF are opt-in; SVG is never accepted. */
 export const DEFAULT_IMAGE_FORMATS: readonly ImageFormat[] = ['jpeg', 'png', 'webp'];
 
+/** prepareImage's signature: the server passes either it or a preprocessing pool's `prepare` (process-pool.ts). */
+export type ImagePreparer = (bytes: Buffer, spec: InputSpec, limits: DecodeLimits) => Promise<PreparedImage>;
+
 export interface DecodeLimits {
   /** Largest width * height accepted, checked from the header before decoding. */
   maxInputPixels: number;

@@ -16,8 +16,7 @@ import type { ExactData, Outputs, TensorMeta } from '../../core/types.js';
 import { OcularError } from '../../errors.js';
 import { readLabels } from '../labels.js';
 import { elapsedMs, throwIfAborted } from '../pipeline.js';
-import type { DecodeLimits } from '../preprocess/image.js';
-import { prepareImage } from '../preprocess/image.js';
+import type { DecodeLimits, ImagePreparer } from '../preprocess/image.js';
 import { FEEDABLE_TYPES } from './pipeline.js';
 
 /**
@@ -54,6 +53,7 @@ export interface InferContext {
   signal: AbortSignal;
   timings: Timings;
   limits: DecodeLimits;
+  prepare: ImagePreparer;
   baseDir: string;
   telemetry: Telemetry;
   logger: Logger;
@@ -179,7 +179,7 @@ async function runImages(handle: ModelHandle, images: Buffer[], ctx: InferContex
   const runs = await Promise.all(
     images.map(async (img) => {
       const t = performance.now();
-      const prepared = await prepareImage(img, entry.input, ctx.limits);
+      const prepared = await ctx.prepare(img, entry.input, ctx.limits);
       ctx.timings.preprocessMs += elapsedMs(t);
       throwIfAborted(ctx.signal);
       const run = await stage.run(prepared, ctx.signal);
