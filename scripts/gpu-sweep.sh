@@ -7,17 +7,19 @@
 #
 #   scripts/gpu-sweep.sh OUT_DIR [CONFIG ...]
 #
-# CONFIG is model:device:maxBatchSize:maxQueueDelayMs[:tune[:padBatches[:uvThreads[:instances]]]], e.g.
-# yolox-nano:cuda:32:2:off:gpu:16:2; device is cuda, cpu or auto (OCULAR_DEVICE); tune and padBatches are the
+# CONFIG is model:device:maxBatchSize:maxQueueDelayMs[:tune[:padBatches[:uvThreads[:instances[:preprocess]]]]], e.g.
+# yolox-nano:cuda:32:2:off:gpu:16:2:auto; device is cuda, cpu or auto (OCULAR_DEVICE); tune and padBatches are the
 # manifest's batching fields (default off and gpu); uvThreads, if given (may be empty), is the server's
 # UV_THREADPOOL_SIZE (the libuv pool that runs sharp), else it inherits this script's; instances is the manifest's
-# `instances` (runner workers, each with its own session; default the manifest's, 1).
+# `instances` (runner workers, each with its own session; default the manifest's, 1); preprocess, if given, is the
+# server's OCULAR_PREPROCESS_PROCESSES (child processes that decode and resize; default auto).
 # Without configurations: yolox-nano (the fp32 detector, the GPU signal) on CUDA at batch 1, 8 and 32 with queue
 # delays 0 and 2 ms (padded batches), batch 32 unpadded, then on the CPU provider at the default batching (tuned);
 # then mobilenetv2 on CUDA at batch 1 and 32 and on the CPU.
 #
 # Environment: SHARED (folder with models/ and images/, default ../shared), NODE (default node), DURATION (seconds
-# per load run, default 10), CONCURRENCY (default 1,16,64), PORT (default 18080), LOG_LEVEL (the server's, default
+# per load run, default 10), CONCURRENCY (default 1,16,64), CLIENT (the load test's closed-loop client: autocannon,
+# the default, or lean, which costs less CPU per request on a host that also runs the server), PORT (default 18080), LOG_LEVEL (the server's, default
 # warn: info logs every request). Needs `npm run build` first.
 # Writes OUT_DIR/<config>.{json,md,models.json,predict.json,log} and OUT_DIR/summary.md (one table over all configurations).
 set -uo pipefail
@@ -86,12 +88,12 @@ stop_server() {
 trap stop_server EXIT
 
 for config in "${configs[@]}"; do
-  IFS=: read -r model device batch delay tune pad uv instances <<<"$config"
+  IFS=: read -r model device batch delay tune pad uv instances preprocess <<<"$config"
   tune=${tune:-off} pad=${pad:-gpu}
-  name="$model-$device-b$batch-d$delay-tune_$tune-pad_$pad${uv:+-uv$uv}${instances:+-i$instances}"
+  name="$model-$device-b$batch-d$delay-tune_$tune-pad_$pad${uv:+-uv$uv}${instances:+-i$instances}${preprocess:+-p$preprocess}"
   echo "== $name ($(date -u +%T))"
   manifest "$model" "$batch" "$delay" "$tune" "$pad" "${instances:-}" "$out/$name.manifest.json" || continue
-  env ${uv:+UV_THREADPOOL_SIZE=$uv} OCULAR_MANIFEST="$out/$name.manifest.json" OCULAR_DEVICE="$device" PORT="$port" HOST=127.0.0.1 \
+  env ${uv:+UV_THREADPOOL_SIZE=$uv} ${preprocess:+OCULAR_PREPROCESS_PROCESSES=$preprocess} OCULAR_MANIFEST="$out/$name.manifest.json" OCULAR_DEVICE="$device" PORT="$port" HOST=127.0.0.1 \
     OCULAR_LOG_LEVEL="${LOG_LEVEL:-warn}" OCULAR_PLAYGROUND=false "$node" "${node_opts[@]}" "$root/dist/src/main.js" >"$out/$name.log" 2>&1 &
   server=$!
   started=$(date +%s%N)
@@ -107,6 +109,16 @@ for config in "${configs[@]}"; do
     continue
   fi
   echo "   ready in $(( ($(date +%s%N) - started) / 1000000 )) ms"
+  # Preprocessing processes start once the models are ready: wait for them (at most 10 s) before measuring.
+  for i in $(seq 1 50); do
+    get "$url/metrics" "$out/$name.metrics.txt" || break
+    want=${preprocess:-auto}
+    have=$(sed -n 's/^ocular_preprocess_processes \([0-9]*\)$/\1/p' "$out/$name.metrics.txt")
+    # auto: none on the CPU provider, so at most 2 s for a first one to show.
+    if [ "$want" = auto ]; then [ "${have:-0}" -gt 0 ] || [ "$i" -ge 10 ] && break; elif [ "${have:-0}" -ge "$want" ]; then break; fi
+    sleep 0.2
+  done
+  echo "   preprocessing processes: ${have:-?} (setting ${preprocess:-auto})"
   get "$url/v1/models" "$out/$name.models.json"
   "$node" -e '
     const m = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).models[0];
@@ -120,7 +132,7 @@ for config in "${configs[@]}"; do
     fetch(`${url}/v1/models/${model}/predict`, { method: "POST", body: fs.readFileSync(path.join(dir, photo)), headers: { "content-type": "application/octet-stream" } })
       .then(async (r) => { fs.writeFileSync(file, JSON.stringify({ photo, status: r.status, body: await r.json() }, null, 1)); });
   ' "$url" "$model" "$shared/images" "$out/$name.predict.json" || echo "   predict failed"
-  "$node" "$root/dist/scripts/loadtest.js" --url "$url" --model "$model" --images "$shared/images" --mode closed \
+  "$node" "$root/dist/scripts/loadtest.js" --url "$url" --model "$model" --images "$shared/images" --mode closed --client "${CLIENT:-autocannon}" \
     --concurrency "$concurrency" --duration "$duration" --warmup 2 --label "$name" --out "$out/$name" |
     grep -v '^\s*$' || echo "   load test failed"
   stop_server

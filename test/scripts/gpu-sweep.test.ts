@@ -26,7 +26,7 @@ async function freePort(): Promise<number> {
 const built = existsSync(join(projectRoot, 'dist/src/main.js')) && existsSync(join(projectRoot, 'dist/scripts/loadtest.js'));
 
 t.test(
-  'one configuration (two runner instances): the server started from dist, /v1/models saved, one answer kept, a summary row per concurrency',
+  'one configuration (two runner instances, one preprocessing process): the server started from dist, /v1/models saved, one answer kept, a summary row per concurrency',
   { ...sharedTestOptions('models/mobilenetv2-12-int8/model.onnx', 'images'), ...(!built && { skip: 'dist/ not built: npm run build' }) },
   async (t) => {
     const out = mkdtempSync(join(tmpdir(), 'ocular-gpu-sweep-'));
@@ -39,13 +39,14 @@ t.test(
       CONCURRENCY: '1,2',
       PORT: String(await freePort()),
     };
-    const { stdout } = await run('bash', [join(projectRoot, 'scripts/gpu-sweep.sh'), out, 'mobilenetv2:cpu:2:0:off:always:2:2'], {
+    const { stdout } = await run('bash', [join(projectRoot, 'scripts/gpu-sweep.sh'), out, 'mobilenetv2:cpu:2:0:off:always:2:2:1'], {
       env,
       timeout: 120_000,
     });
-    const name = 'mobilenetv2-cpu-b2-d0-tune_off-pad_always-uv2-i2';
+    const name = 'mobilenetv2-cpu-b2-d0-tune_off-pad_always-uv2-i2-p1';
     t.match(stdout, `server: ${process.execPath} ${startOptions(join(projectRoot, 'package.json')).join(' ')} dist/src/main.js`, "npm start's node options");
     t.match(stdout, `== ${name}`);
+    t.match(stdout, 'preprocessing processes: 1 (setting 1)', "the configuration's preprocessing processes are up before the load");
     const stage = JSON.parse(readFileSync(join(out, `${name}.models.json`), 'utf8')).models[0].stages[0];
     t.equal(stage.provider, 'cpu');
     t.same(stage.batching.padded, true, 'padBatches always: padded, as /v1/models says');
