@@ -1,11 +1,12 @@
-import { fork, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Logger } from 'pino';
 import type { InputSpec } from '../../config/input-spec.js';
 import type { PreparedImage } from '../../core/types.js';
 import { OcularError } from '../../errors.js';
 import { prepareImage, type DecodeLimits, type ImageFormat } from './image.js';
+import { FrameReader, frameHead } from './frames.js';
 import { parseChildReply, type ChildInit, type ChildRequest } from './process-protocol.js';
 
 /**
@@ -14,25 +15,32 @@ import { parseChildReply, type ChildInit, type ChildRequest } from './process-pr
  * Why processes: libvips, under sharp, takes process-wide locks (GLib mutexes, then futexes) for every operation it
  * builds. On a 16-core GPU host, `prepareImage` for yolox-nano gave 70 images/s on one libuv thread and at most
  * 290 on 16 threads of one process, with the kernel's lock slow path the largest item in a profile; 16 processes
- * of one thread each gave 1000 (docs/PERFORMANCE.md, "GPU"). A GPU serves far more than 290 images/s, so on such a
- * host the server's preprocessing has to be spread over processes. Threads of one process cannot lift it.
+ * of one thread each gave 1000 (docs/PERFORMANCE.md, "GPU"). The H200 behind it was 30-44 % busy at that rate, so on
+ * such a host the server's preprocessing has to be spread over processes: threads of one process cannot lift it.
  *
  * The parent sends the image bytes and the model's input spec; the child answers the resized RGB pixels and the
- * transform (about 0.5 MB for a 416 x 416 input) or an error from the catalog. What comes back is checked
- * (process-protocol.ts): the child decodes hostile bytes. Each request goes to the ready child with the fewest
- * requests open. While no child is ready (at startup, after a crash, once the pool is closed) images are prepared
- * in this process as before, so a request is never refused for want of a child.
+ * transform (about 0.5 MB for a 416 x 416 input) or an error from the catalog, as frames on a pipe each way
+ * (frames.ts). What comes back is checked (process-protocol.ts): the child decodes hostile bytes. Each request goes
+ * to the ready child with the fewest requests open. While no child is ready (at startup, after a crash, once the
+ * pool is closed) images are prepared in this process as before, so a request is never refused for want of a child.
  *
  * A child that exits unexpectedly fails only the requests it had open (500 INTERNAL: the process died under them)
  * and is started again, after a delay that doubles while it keeps dying young.
  */
+
+/** What the pool logs through (a pino Logger is one). */
+export interface PoolLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
 
 export interface PreprocessPoolOptions {
   processes: number;
   imageFormats: readonly ImageFormat[];
   /** Linux nice value of the children (the server's OCULAR_COMPUTE_NICE), so the event loop comes first. */
   nice?: number;
-  logger: Pick<Logger, 'info' | 'warn' | 'error'>;
+  logger: PoolLogger;
   /** Called when a child exits without being asked to (a metric counts them). */
   onUnexpectedExit?: () => void;
   /** Child entry point; tests point it elsewhere. Default: process-child next to this file. */
@@ -55,6 +63,8 @@ const CHILD_URL = new URL('./process-child' + extname(fileURLToPath(import.meta.
 const YOUNG_MS = 10_000;
 const RESTART_MIN_MS = 500;
 const RESTART_MAX_MS = 30_000;
+/** Largest reply payload taken from a child: the pixels of a 65536 x 65536 image would be 12 GiB, so 1 GiB. */
+const MAX_REPLY_BYTES = 2 ** 30;
 
 interface Pending {
   resolve(image: PreparedImage): void;
@@ -63,6 +73,11 @@ interface Pending {
 
 interface Child {
   proc: ChildProcess;
+  /** Requests to the child (its fd 3) and replies from it (its fd 4). */
+  requests: Writable;
+  replies: Readable;
+  /** False once the child is ending or its pipes failed: nothing more is sent to it. */
+  usable: boolean;
   ready: boolean;
   startedAt: number;
   pending: Map<number, Pending>;
@@ -125,19 +140,15 @@ export class PreprocessPool {
     const id = this.nextId++;
     const request: ChildRequest = {
       id,
-      bytes,
       spec,
       limits: { maxInputPixels: limits.maxInputPixels, allowedFormats: [...limits.allowedFormats] },
     };
     return new Promise<PreparedImage>((resolve, reject) => {
       child.pending.set(id, { resolve, reject });
-      child.proc.send(request, (err) => {
-        if (err === null || err === undefined || !child.pending.has(id)) return;
-        // The channel closed under us (the child is exiting): this one is prepared here instead.
-        child.pending.delete(id);
-        this.inProcess++;
-        prepareImage(bytes, spec, limits).then(resolve, reject);
-      });
+      // The bytes are written as they are, not copied: the route keeps the body until this promise settles, which
+      // is after the child has read them (its reply) or has exited.
+      child.requests.write(frameHead(request, bytes.length));
+      child.requests.write(bytes);
     });
   }
 
@@ -160,8 +171,9 @@ export class PreprocessPool {
               return;
             }
             c.proc.once('exit', () => resolve());
-            // The child exits when its channel closes; one that does not within a second is killed.
-            if (c.proc.connected) c.proc.disconnect();
+            // The child exits when its input pipe closes; one that does not within a second is killed.
+            c.usable = false;
+            c.requests.end();
             const kill = setTimeout(() => c.proc.kill('SIGKILL'), 1_000);
             kill.unref();
           }),
@@ -172,7 +184,7 @@ export class PreprocessPool {
   private pick(): Child | undefined {
     let best: Child | undefined;
     for (const c of this.children) {
-      if (!c.ready || !c.proc.connected) continue;
+      if (!c.ready || !c.usable) continue;
       if (best === undefined || c.pending.size < best.pending.size) best = c;
     }
     return best;
@@ -182,26 +194,43 @@ export class PreprocessPool {
     const url = this.childUrl;
     // From sources (tests, tsx) the child is a .ts file and needs tsx's loader; built, it is plain JavaScript.
     const execArgv = url.pathname.endsWith('.ts') ? ['--import', import.meta.resolve('tsx')] : [];
-    const proc = fork(fileURLToPath(url), [], {
-      serialization: 'advanced',
-      execArgv,
+    const proc = spawn(process.execPath, [...execArgv, fileURLToPath(url)], {
       env: { ...process.env, OCULAR_PREPROCESS_INIT: JSON.stringify(this.init), UV_THREADPOOL_SIZE: '1' },
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      stdio: ['ignore', 'inherit', 'inherit', 'pipe', 'pipe'],
     });
-    const child: Child = { proc, ready: false, startedAt: performance.now(), pending: new Map() };
+    const requests = proc.stdio[3] as Writable;
+    const replies = proc.stdio[4] as Readable;
+    const child: Child = { proc, requests, replies, usable: true, ready: false, startedAt: performance.now(), pending: new Map() };
     this.children.add(child);
-    proc.on('message', (message: unknown) => this.onMessage(child, message));
+    const reader = new FrameReader(
+      MAX_REPLY_BYTES,
+      (header, payload) => this.onReply(child, header, payload),
+      (err) => this.endMalformed(child, err.message),
+    );
+    replies.on('data', (chunk: Buffer) => reader.push(chunk));
+    // A pipe fails when the child dies (EPIPE and the like): its exit settles what it had open.
+    const broken = () => {
+      child.usable = false;
+    };
+    requests.on('error', broken);
+    replies.on('error', broken);
     proc.on('error', (err) => {
+      child.usable = false;
       this.opts.logger.error({ err, pid: proc.pid }, 'preprocessing process error');
     });
     proc.on('exit', (code, signal) => this.onExit(child, code, signal));
   }
 
-  private onMessage(child: Child, message: unknown): void {
-    const reply = parseChildReply(message);
+  private endMalformed(child: Child, why: string): void {
+    child.usable = false;
+    this.opts.logger.error({ pid: child.proc.pid, why }, 'preprocessing process sent a malformed reply: ending it');
+    child.proc.kill('SIGKILL');
+  }
+
+  private onReply(child: Child, header: unknown, payload: Buffer): void {
+    const reply = parseChildReply(header, payload);
     if (reply === undefined) {
-      this.opts.logger.error({ pid: child.proc.pid }, 'preprocessing process sent a malformed reply: ending it');
-      child.proc.kill('SIGKILL');
+      this.endMalformed(child, 'the reply does not match the protocol');
       return;
     }
     if ('ready' in reply) {
@@ -215,11 +244,11 @@ export class PreprocessPool {
       pending.reject(new OcularError(reply.code, reply.detail));
       return;
     }
-    const pixels = Buffer.from(reply.pixels.buffer, reply.pixels.byteOffset, reply.pixels.byteLength);
-    pending.resolve({ pixels, width: reply.width, height: reply.height, transform: reply.transform });
+    pending.resolve({ pixels: payload, width: reply.width, height: reply.height, transform: reply.transform });
   }
 
   private onExit(child: Child, code: number | null, signal: NodeJS.Signals | null): void {
+    child.usable = false;
     this.children.delete(child);
     const lost = child.pending.size;
     for (const p of child.pending.values()) {

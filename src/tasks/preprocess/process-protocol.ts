@@ -1,7 +1,7 @@
 /**
- * Messages between the server and its preprocessing processes (process-pool.ts, process-child.ts), over Node's IPC
- * channel with the `advanced` serialization (buffers travel as bytes, not JSON). A child handles hostile image bytes,
- * so the parent treats what it sends back as input from outside: every reply is checked before it is used.
+ * Messages between the server and its preprocessing processes (process-pool.ts, process-child.ts), as frames
+ * (frames.ts): a JSON header, and the image bytes or pixels as the payload. A child handles hostile image bytes, so
+ * the parent treats what it sends back as input from outside: every reply is checked before it is used.
  */
 import { z } from 'zod';
 import type { InputSpec } from '../../config/input-spec.js';
@@ -16,16 +16,17 @@ export const ChildInitSchema = z.object({
 });
 export type ChildInit = z.infer<typeof ChildInitSchema>;
 
+/** A request's header; its payload is the image's bytes. */
 export interface ChildRequest {
   id: number;
-  bytes: Uint8Array;
   spec: InputSpec;
   limits: { maxInputPixels: number; allowedFormats: ImageFormat[] };
 }
 
+/** A reply's header; an `ok` reply's payload is the pixels (width x height x 3 bytes), any other's is empty. */
 export type ChildReply =
   | { ready: true }
-  | { id: number; ok: true; pixels: Uint8Array; width: number; height: number; transform: ImageTransform }
+  | { id: number; ok: true; width: number; height: number; transform: ImageTransform }
   | { id: number; ok: false; code: ChildErrorCode; detail: string };
 
 /** What prepareImage throws (and INTERNAL for anything else): a child can answer nothing but these. */
@@ -38,23 +39,20 @@ const side = z.number().int().positive().max(65_536);
 
 const ReplySchema = z.union([
   z.object({ ready: z.literal(true) }),
-  z
-    .object({
-      id: z.number().int().nonnegative(),
-      ok: z.literal(true),
-      pixels: z.instanceof(Uint8Array),
-      width: side,
-      height: side,
-      transform: z.object({
-        originalWidth: side,
-        originalHeight: side,
-        scaleX: finite,
-        scaleY: finite,
-        offsetX: finite,
-        offsetY: finite,
-      }),
-    })
-    .refine((r) => r.pixels.byteLength === r.width * r.height * 3, { message: 'pixels do not hold width x height x 3 bytes' }),
+  z.object({
+    id: z.number().int().nonnegative(),
+    ok: z.literal(true),
+    width: side,
+    height: side,
+    transform: z.object({
+      originalWidth: side,
+      originalHeight: side,
+      scaleX: finite,
+      scaleY: finite,
+      offsetX: finite,
+      offsetY: finite,
+    }),
+  }),
   z.object({
     id: z.number().int().nonnegative(),
     ok: z.literal(false),
@@ -63,8 +61,11 @@ const ReplySchema = z.union([
   }),
 ]);
 
-/** The reply, or undefined when the message is not one a child sends. */
-export function parseChildReply(message: unknown): ChildReply | undefined {
-  const parsed = ReplySchema.safeParse(message);
-  return parsed.success ? (parsed.data as ChildReply) : undefined;
+/** The reply, or undefined when the header and payload are not a reply a child sends. */
+export function parseChildReply(header: unknown, payload: Buffer): ChildReply | undefined {
+  const parsed = ReplySchema.safeParse(header);
+  if (!parsed.success) return undefined;
+  const reply = parsed.data as ChildReply;
+  const expected = 'ok' in reply && reply.ok ? reply.width * reply.height * 3 : 0;
+  return payload.length === expected ? reply : undefined;
 }

@@ -139,7 +139,7 @@ t.test('a child that dies fails only its open request, and is started again', as
 });
 
 t.test('a malformed reply ends the child; the request fails with INTERNAL', async (t) => {
-  for (const mode of ['garbage', 'foreign-code']) {
+  for (const mode of ['garbage', 'foreign-code', 'bad-frame', 'huge-frame']) {
     process.env.FAULTY_CHILD_MODE = mode;
     const logger = recordingLogger();
     const pool = new PreprocessPool({ processes: 1, imageFormats: ['png'], logger, childUrl: FAULTY });
