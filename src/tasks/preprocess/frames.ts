@@ -24,28 +24,32 @@ export function frameHead(header: unknown, payloadLength: number): Buffer {
 }
 
 /**
- * Reassembles frames from a byte stream cut anywhere. A frame whose header or payload is over its limit, or whose
- * header is not JSON, is a protocol error: `onError` is called once and the reader takes nothing more (the peer is
- * not to be trusted after that).
+ * Reassembles frames from a byte stream cut anywhere. The header is read and parsed first; `accept` then sees it with
+ * the announced payload length, and only an accepted frame gets a payload buffer, so a peer cannot make the reader
+ * allocate more than `accept` allows. A header over its limit or not JSON, or a frame `accept` refuses, is a
+ * protocol error: `onError` is called once and the reader takes nothing more (the peer is not to be trusted after
+ * that). `fail` ends the reader the same way from outside.
  */
 export class FrameReader {
   private readonly prefix = Buffer.alloc(PREFIX_BYTES);
   private prefixFill = 0;
   private header: Buffer | undefined;
   private headerFill = 0;
+  private parsed: unknown;
+  private payloadLength = 0;
   private payload: Buffer | undefined;
   private payloadFill = 0;
   private failed = false;
 
   constructor(
-    private readonly maxPayloadBytes: number,
+    private readonly accept: (header: unknown, payloadLength: number) => string | undefined,
     private readonly onFrame: (header: unknown, payload: Buffer) => void,
     private readonly onError: (err: Error) => void,
   ) {}
 
   push(chunk: Buffer): void {
     let at = 0;
-    while (at < chunk.length && !this.failed) {
+    while (!this.failed) {
       if (this.header === undefined) {
         const n = Math.min(PREFIX_BYTES - this.prefixFill, chunk.length - at);
         chunk.copy(this.prefix, this.prefixFill, at, at + n);
@@ -53,50 +57,62 @@ export class FrameReader {
         at += n;
         if (this.prefixFill < PREFIX_BYTES) return;
         const headerLength = this.prefix.readUInt32LE(0);
-        const payloadLength = this.prefix.readUInt32LE(4);
-        if (headerLength > MAX_HEADER_BYTES || payloadLength > this.maxPayloadBytes) {
-          this.fail(new Error(`frame of ${headerLength} + ${payloadLength} bytes is over the limits (${MAX_HEADER_BYTES} + ${this.maxPayloadBytes})`));
+        if (headerLength === 0 || headerLength > MAX_HEADER_BYTES) {
+          this.fail(new Error(`frame header of ${headerLength} bytes (1 to ${MAX_HEADER_BYTES} allowed)`));
           return;
         }
+        this.payloadLength = this.prefix.readUInt32LE(4);
         this.header = Buffer.allocUnsafe(headerLength);
         this.headerFill = 0;
-        this.payload = Buffer.allocUnsafe(payloadLength);
-        this.payloadFill = 0;
       }
       const header = this.header;
-      const payload = this.payload as Buffer;
       if (this.headerFill < header.length) {
         const n = Math.min(header.length - this.headerFill, chunk.length - at);
         chunk.copy(header, this.headerFill, at, at + n);
         this.headerFill += n;
         at += n;
+        if (this.headerFill < header.length) return;
       }
-      if (this.headerFill === header.length && this.payloadFill < payload.length) {
-        const n = Math.min(payload.length - this.payloadFill, chunk.length - at);
-        chunk.copy(payload, this.payloadFill, at, at + n);
-        this.payloadFill += n;
-        at += n;
-      }
-      if (this.headerFill === header.length && this.payloadFill === payload.length) {
-        this.header = undefined;
-        this.payload = undefined;
-        this.prefixFill = 0;
-        let parsed: unknown;
+      if (this.payload === undefined) {
         try {
-          parsed = JSON.parse(header.toString('utf8'));
+          this.parsed = JSON.parse(header.toString('utf8'));
         } catch {
           this.fail(new Error('frame header is not JSON'));
           return;
         }
-        this.onFrame(parsed, payload);
+        const refused = this.accept(this.parsed, this.payloadLength);
+        if (refused !== undefined) {
+          this.fail(new Error(refused));
+          return;
+        }
+        this.payload = Buffer.allocUnsafe(this.payloadLength);
+        this.payloadFill = 0;
       }
+      const payload = this.payload;
+      if (this.payloadFill < payload.length) {
+        const n = Math.min(payload.length - this.payloadFill, chunk.length - at);
+        chunk.copy(payload, this.payloadFill, at, at + n);
+        this.payloadFill += n;
+        at += n;
+        if (this.payloadFill < payload.length) return;
+      }
+      const parsed = this.parsed;
+      this.header = undefined;
+      this.payload = undefined;
+      this.parsed = undefined;
+      this.prefixFill = 0;
+      this.onFrame(parsed, payload);
+      if (at >= chunk.length) return;
     }
   }
 
-  private fail(err: Error): void {
+  /** Ends the reader: nothing more is taken, and `onError` is called if it has not been. */
+  fail(err: Error): void {
+    if (this.failed) return;
     this.failed = true;
     this.header = undefined;
     this.payload = undefined;
+    this.parsed = undefined;
     this.onError(err);
   }
 }

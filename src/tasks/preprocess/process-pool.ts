@@ -7,7 +7,7 @@ import type { PreparedImage } from '../../core/types.js';
 import { OcularError } from '../../errors.js';
 import { prepareImage, type DecodeLimits, type ImageFormat } from './image.js';
 import { FrameReader, frameHead } from './frames.js';
-import { parseChildReply, type ChildInit, type ChildRequest } from './process-protocol.js';
+import { parseChildReply, replyMismatch, type ChildInit, type ChildReply, type ChildRequest } from './process-protocol.js';
 
 /**
  * Image preparation (decode, resize, letterbox) in a pool of child processes.
@@ -25,7 +25,10 @@ import { parseChildReply, type ChildInit, type ChildRequest } from './process-pr
  * pool is closed) images are prepared in this process as before, so a request is never refused for want of a child.
  *
  * A child that exits unexpectedly fails only the requests it had open (500 INTERNAL: the process died under them)
- * and is started again, after a delay that doubles while it keeps dying young.
+ * and is started again, after a delay that doubles while that slot's child keeps dying young. A child that keeps a
+ * request past `requestTimeoutMs`, closes its reply pipe, or sends anything but a reply that fits its request is
+ * killed, which comes to the same. A child that cannot be started at all (no file descriptors, no memory, a
+ * process limit) is retried the same way; the server never fails for it.
  */
 
 /** What the pool logs through (a pino Logger is one). */
@@ -41,64 +44,95 @@ export interface PreprocessPoolOptions {
   /** Linux nice value of the children (the server's OCULAR_COMPUTE_NICE), so the event loop comes first. */
   nice?: number;
   logger: PoolLogger;
-  /** Called when a child exits without being asked to (a metric counts them). */
+  /** A request a child has not answered in this long ends the child (default 30 s). */
+  requestTimeoutMs?: number;
+  /** Called when a child exits, or cannot be started, without being asked to (a metric counts them). */
   onUnexpectedExit?: () => void;
   /** Child entry point; tests point it elsewhere. Default: process-child next to this file. */
   childUrl?: URL;
+  /** The node binary the children run (default this process's); tests give a missing one. */
+  execPath?: string;
 }
 
 export interface PreprocessPoolStats {
   /** Children started and ready. */
   ready: number;
-  /** Requests sent to a child and not yet answered. */
+  /** Requests sent to a child and not yet settled. */
   open: number;
-  /** Children that exited without being asked to. */
+  /** Children that exited, or could not be started, without being asked to. */
   exits: number;
   /** Requests prepared in this process because no child was ready. */
   inProcess: number;
 }
 
 const CHILD_URL = new URL('./process-child' + extname(fileURLToPath(import.meta.url)), import.meta.url);
-/** A child that dies within this long of its start counts as dying young (its restart delay doubles). */
+/** A child that dies within this long of its start counts as dying young (its slot's restart delay doubles). */
 const YOUNG_MS = 10_000;
 const RESTART_MIN_MS = 500;
 const RESTART_MAX_MS = 30_000;
-/** Largest reply payload taken from a child: the pixels of a 65536 x 65536 image would be 12 GiB, so 1 GiB. */
-const MAX_REPLY_BYTES = 2 ** 30;
+const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+/** The child takes frames up to this size (process-child.ts); a larger body is prepared here. */
+const MAX_REQUEST_BYTES = 2 ** 30;
 
 interface Pending {
+  spec: InputSpec;
+  maxInputPixels: number;
+  sentAt: number;
+  /** The write of the image bytes has completed: libuv no longer reads the caller's buffer. */
+  written: boolean;
+  /** The child's answer, kept until `written` (a reply can overtake the write's callback). */
+  outcome?: { image: PreparedImage } | { error: Error };
   resolve(image: PreparedImage): void;
   reject(err: Error): void;
 }
 
 interface Child {
+  slot: Slot;
   proc: ChildProcess;
   /** Requests to the child (its fd 3) and replies from it (its fd 4). */
   requests: Writable;
   replies: Readable;
-  /** False once the child is ending or its pipes failed: nothing more is sent to it. */
+  /** False once the child is ending, condemned or its pipes failed: nothing more is sent to it. */
   usable: boolean;
+  /** Killed for a protocol breach or a timeout: what it still sends is ignored. */
+  condemned: boolean;
   ready: boolean;
+  ended: boolean;
   startedAt: number;
   pending: Map<number, Pending>;
 }
 
+/** A place for one child; its restart delay is its own, so one slot's crashes do not slow the others. */
+interface Slot {
+  child: Child | undefined;
+  restartDelayMs: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
 export class PreprocessPool {
-  private readonly children = new Set<Child>();
+  private readonly slots: Slot[] = [];
   private nextId = 1;
   private closing = false;
-  private restartDelayMs = RESTART_MIN_MS;
-  private readonly restartTimers = new Set<NodeJS.Timeout>();
   private exits = 0;
   private inProcess = 0;
   private readonly init: ChildInit;
   private readonly childUrl: URL;
+  private readonly requestTimeoutMs: number;
+  private readonly sweep: NodeJS.Timeout;
 
   constructor(private readonly opts: PreprocessPoolOptions) {
     if (!Number.isInteger(opts.processes) || opts.processes < 0) throw new RangeError(`processes must be a whole number >= 0, got ${opts.processes}`);
     this.init = { imageFormats: [...opts.imageFormats], nice: opts.nice ?? 0 };
     this.childUrl = opts.childUrl ?? CHILD_URL;
-    for (let i = 0; i < opts.processes; i++) this.spawn();
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    for (let i = 0; i < opts.processes; i++) {
+      const slot: Slot = { child: undefined, restartDelayMs: RESTART_MIN_MS, timer: undefined };
+      this.slots.push(slot);
+      this.start(slot);
+    }
+    // Requests past their deadline end their child; checked a few times per deadline.
+    this.sweep = setInterval(() => this.endOverdue(), Math.max(10, Math.min(1_000, this.requestTimeoutMs / 4)));
+    this.sweep.unref();
   }
 
   get size(): number {
@@ -108,8 +142,8 @@ export class PreprocessPool {
   stats(): PreprocessPoolStats {
     let ready = 0;
     let open = 0;
-    for (const c of this.children) {
-      if (c.ready) ready++;
+    for (const c of this.children()) {
+      if (c.ready && c.usable) ready++;
       open += c.pending.size;
     }
     return { ready, open, exits: this.exits, inProcess: this.inProcess };
@@ -117,7 +151,7 @@ export class PreprocessPool {
 
   /** The children's process ids (running, ready or not). */
   pids(): number[] {
-    return [...this.children].flatMap((c) => (c.proc.pid !== undefined ? [c.proc.pid] : []));
+    return this.children().flatMap((c) => (c.proc.pid !== undefined ? [c.proc.pid] : []));
   }
 
   /** Resolves once every child is ready (true), or after `timeoutMs` (false). */
@@ -132,7 +166,7 @@ export class PreprocessPool {
 
   /** prepareImage, in the least busy ready child, or here when none is ready. Throws only OcularError. */
   prepare(bytes: Buffer, spec: InputSpec, limits: DecodeLimits): Promise<PreparedImage> {
-    const child = this.pick();
+    const child = bytes.length <= MAX_REQUEST_BYTES ? this.pick() : undefined;
     if (child === undefined) {
       if (this.opts.processes > 0) this.inProcess++;
       return prepareImage(bytes, spec, limits);
@@ -143,35 +177,43 @@ export class PreprocessPool {
       spec,
       limits: { maxInputPixels: limits.maxInputPixels, allowedFormats: [...limits.allowedFormats] },
     };
+    const head = frameHead(request, bytes.length);
     return new Promise<PreparedImage>((resolve, reject) => {
-      child.pending.set(id, { resolve, reject });
-      // The bytes are written as they are, not copied: the route keeps the body until this promise settles, which
-      // is after the child has read them (its reply) or has exited.
-      child.requests.write(frameHead(request, bytes.length));
-      child.requests.write(bytes);
+      const pending: Pending = { spec, maxInputPixels: limits.maxInputPixels, sentAt: performance.now(), written: false, resolve, reject };
+      child.pending.set(id, pending);
+      child.requests.write(head);
+      // The bytes are written as they are, not copied: the caller (the route) may reuse the buffer once this promise
+      // settles, so it settles only after this write has completed (or failed: then nothing reads the buffer).
+      child.requests.write(bytes, () => {
+        pending.written = true;
+        this.settle(child, id, pending);
+      });
     });
   }
 
   /**
-   * Lets the open requests finish (at most `timeoutMs`), then ends the children. Later `prepare` calls run in this
-   * process. Resolves once every child has exited.
+   * Stops sending to the children (later images are prepared here), lets their open requests finish (at most
+   * `timeoutMs`), then closes their input: each exits once it has answered what it had. One still running a second
+   * later is killed. Resolves once every child has exited.
    */
   async close(timeoutMs = 5_000): Promise<void> {
     this.closing = true;
-    for (const t of this.restartTimers) clearTimeout(t);
-    this.restartTimers.clear();
+    clearInterval(this.sweep);
+    for (const slot of this.slots) {
+      if (slot.timer !== undefined) clearTimeout(slot.timer);
+      slot.timer = undefined;
+    }
     const deadline = performance.now() + timeoutMs;
     while (this.stats().open > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     await Promise.all(
-      [...this.children].map(
+      this.children().map(
         (c) =>
           new Promise<void>((resolve) => {
-            if (c.proc.exitCode !== null || c.proc.signalCode !== null) {
+            if (c.ended) {
               resolve();
               return;
             }
-            c.proc.once('exit', () => resolve());
-            // The child exits when its input pipe closes; one that does not within a second is killed.
+            c.proc.once('close', () => resolve());
             c.usable = false;
             c.requests.end();
             const kill = setTimeout(() => c.proc.kill('SIGKILL'), 1_000);
@@ -181,33 +223,82 @@ export class PreprocessPool {
     );
   }
 
+  private children(): Child[] {
+    return this.slots.flatMap((s) => (s.child !== undefined ? [s.child] : []));
+  }
+
   private pick(): Child | undefined {
+    if (this.closing) return undefined;
     let best: Child | undefined;
-    for (const c of this.children) {
+    for (const c of this.children()) {
       if (!c.ready || !c.usable) continue;
       if (best === undefined || c.pending.size < best.pending.size) best = c;
     }
     return best;
   }
 
-  private spawn(): void {
+  private start(slot: Slot): void {
+    slot.timer = undefined;
+    if (this.closing) return;
     const url = this.childUrl;
     // From sources (tests, tsx) the child is a .ts file and needs tsx's loader; built, it is plain JavaScript.
     const execArgv = url.pathname.endsWith('.ts') ? ['--import', import.meta.resolve('tsx')] : [];
-    const proc = spawn(process.execPath, [...execArgv, fileURLToPath(url)], {
-      env: { ...process.env, OCULAR_PREPROCESS_INIT: JSON.stringify(this.init), UV_THREADPOOL_SIZE: '1' },
-      stdio: ['ignore', 'inherit', 'inherit', 'pipe', 'pipe'],
-    });
-    const requests = proc.stdio[3] as Writable;
-    const replies = proc.stdio[4] as Readable;
-    const child: Child = { proc, requests, replies, usable: true, ready: false, startedAt: performance.now(), pending: new Map() };
-    this.children.add(child);
+    let proc: ChildProcess;
+    try {
+      proc = spawn(this.opts.execPath ?? process.execPath, [...execArgv, fileURLToPath(url)], {
+        env: { ...process.env, OCULAR_PREPROCESS_INIT: JSON.stringify(this.init), UV_THREADPOOL_SIZE: '1' },
+        stdio: ['ignore', 'inherit', 'inherit', 'pipe', 'pipe'],
+      });
+    } catch (err) {
+      // ENOMEM and the like throw; the server goes on preparing images itself and tries again later.
+      this.startFailed(slot, err);
+      return;
+    }
+    const requests = proc.stdio?.[3] as Writable | null | undefined;
+    const replies = proc.stdio?.[4] as Readable | null | undefined;
+    if (requests == null || replies == null) {
+      // EMFILE: Node gives a process object without pipes (and an 'error' event to come).
+      proc.on('error', () => {});
+      if (proc.pid !== undefined) proc.kill('SIGKILL');
+      this.startFailed(slot, new Error('the child process got no pipes (out of file descriptors?)'));
+      return;
+    }
+    const child: Child = {
+      slot,
+      proc,
+      requests,
+      replies,
+      usable: true,
+      condemned: false,
+      ready: false,
+      ended: false,
+      startedAt: performance.now(),
+      pending: new Map(),
+    };
+    slot.child = child;
+    let reply: ChildReply | undefined;
     const reader = new FrameReader(
-      MAX_REPLY_BYTES,
-      (header, payload) => this.onReply(child, header, payload),
-      (err) => this.endMalformed(child, err.message),
+      (header, payloadLength) => {
+        reply = parseChildReply(header);
+        if (reply === undefined) return 'the reply does not match the protocol';
+        return this.mismatch(child, reply, payloadLength);
+      },
+      (_header, payload) => {
+        if (reply !== undefined) this.onReply(child, reply, payload);
+      },
+      (err) => this.condemn(child, err.message),
     );
-    replies.on('data', (chunk: Buffer) => reader.push(chunk));
+    replies.on('data', (chunk: Buffer) => {
+      if (!child.condemned) reader.push(chunk);
+    });
+    // A child that closes its reply pipe but lives on would never answer again.
+    // (The pipe also ends when the child exits: only one still running a second later is ended.)
+    replies.on('end', () => {
+      const check = setTimeout(() => {
+        if (!child.ended && !child.condemned && !this.closing) this.condemn(child, 'it closed its reply pipe');
+      }, 1_000);
+      check.unref();
+    });
     // A pipe fails when the child dies (EPIPE and the like): its exit settles what it had open.
     const broken = () => {
       child.usable = false;
@@ -217,56 +308,103 @@ export class PreprocessPool {
     proc.on('error', (err) => {
       child.usable = false;
       this.opts.logger.error({ err, pid: proc.pid }, 'preprocessing process error');
+      // EAGAIN, ENOENT, EACCES: no process was started, and no 'exit' or 'close' will come.
+      if (proc.pid === undefined) this.onEnd(child, null, null, err);
     });
-    proc.on('exit', (code, signal) => this.onExit(child, code, signal));
+    // 'close', not 'exit': by then the reply pipe is drained, so a reply written before dying is not lost.
+    proc.on('close', (code, signal) => this.onEnd(child, code, signal));
   }
 
-  private endMalformed(child: Child, why: string): void {
-    child.usable = false;
-    this.opts.logger.error({ pid: child.proc.pid, why }, 'preprocessing process sent a malformed reply: ending it');
-    child.proc.kill('SIGKILL');
+  private startFailed(slot: Slot, err: unknown): void {
+    this.exits++;
+    this.opts.onUnexpectedExit?.();
+    slot.restartDelayMs = Math.min(RESTART_MAX_MS, slot.restartDelayMs * 2);
+    this.opts.logger.error({ err, restartInMs: slot.restartDelayMs }, 'preprocessing process could not be started');
+    this.scheduleStart(slot, slot.restartDelayMs);
   }
 
-  private onReply(child: Child, header: unknown, payload: Buffer): void {
-    const reply = parseChildReply(header, payload);
-    if (reply === undefined) {
-      this.endMalformed(child, 'the reply does not match the protocol');
-      return;
-    }
+  private scheduleStart(slot: Slot, delayMs: number): void {
+    if (this.closing) return;
+    slot.timer = setTimeout(() => this.start(slot), delayMs);
+  }
+
+  /** Why a reply header (with its payload's length) cannot be taken from this child, or undefined. */
+  private mismatch(child: Child, reply: ChildReply, payloadLength: number): string | undefined {
+    if ('ready' in reply) return payloadLength === 0 ? undefined : 'a ready message with a payload';
+    const pending = child.pending.get(reply.id);
+    if (pending === undefined || pending.outcome !== undefined) return `a reply to request ${reply.id}, which is not open`;
+    if (!reply.ok) return payloadLength === 0 ? undefined : 'an error reply with a payload';
+    return replyMismatch(reply, pending.spec, pending.maxInputPixels, payloadLength);
+  }
+
+  private onReply(child: Child, reply: ChildReply, payload: Buffer): void {
+    if (child.condemned) return;
     if ('ready' in reply) {
       child.ready = true;
       return;
     }
     const pending = child.pending.get(reply.id);
     if (pending === undefined) return;
-    child.pending.delete(reply.id);
-    if (!reply.ok) {
-      pending.reject(new OcularError(reply.code, reply.detail));
-      return;
-    }
-    pending.resolve({ pixels: payload, width: reply.width, height: reply.height, transform: reply.transform });
+    pending.outcome = reply.ok
+      ? { image: { pixels: payload, width: reply.width, height: reply.height, transform: reply.transform } }
+      : { error: new OcularError(reply.code, reply.detail) };
+    this.settle(child, reply.id, pending);
   }
 
-  private onExit(child: Child, code: number | null, signal: NodeJS.Signals | null): void {
+  /** Settles a request once both its answer is in and its bytes are written. */
+  private settle(child: Child, id: number, pending: Pending): void {
+    if (!pending.written || pending.outcome === undefined) return;
+    if (child.pending.get(id) !== pending) return;
+    child.pending.delete(id);
+    if ('image' in pending.outcome) pending.resolve(pending.outcome.image);
+    else pending.reject(pending.outcome.error);
+  }
+
+  /** Ends a child that broke the protocol or stopped answering; its exit fails what it had open. */
+  private condemn(child: Child, why: string): void {
+    if (child.condemned) return;
+    child.condemned = true;
     child.usable = false;
-    this.children.delete(child);
+    this.opts.logger.error({ pid: child.proc.pid, why }, 'preprocessing process misbehaved: ending it');
+    child.proc.kill('SIGKILL');
+  }
+
+  private endOverdue(): void {
+    const now = performance.now();
+    for (const c of this.children()) {
+      if (c.condemned) continue;
+      // Answered or not: a request whose bytes the child never read is overdue too.
+      for (const p of c.pending.values()) {
+        if (now - p.sentAt > this.requestTimeoutMs) {
+          this.condemn(c, `a request unanswered after ${this.requestTimeoutMs} ms`);
+          break;
+        }
+      }
+    }
+  }
+
+  private onEnd(child: Child, code: number | null, signal: NodeJS.Signals | null, startError?: Error): void {
+    if (child.ended) return;
+    child.ended = true;
+    child.usable = false;
+    const slot = child.slot;
+    if (slot.child === child) slot.child = undefined;
     const lost = child.pending.size;
+    const why = startError !== undefined ? `could not be started: ${startError.message}` : `exited (${signal ?? `code ${code}`})`;
     for (const p of child.pending.values()) {
-      p.reject(new OcularError('INTERNAL', `the preprocessing process exited (${signal ?? `code ${code}`}) while preparing the image`));
+      p.reject(new OcularError('INTERNAL', `the preprocessing process ${why} while preparing the image`));
     }
     child.pending.clear();
-    if (this.closing) return;
+    if (this.closing) {
+      this.opts.logger.info({ pid: child.proc.pid, code, signal }, 'preprocessing process ended');
+      return;
+    }
     this.exits++;
     this.opts.onUnexpectedExit?.();
-    const young = performance.now() - child.startedAt < YOUNG_MS;
-    this.restartDelayMs = young ? Math.min(RESTART_MAX_MS, this.restartDelayMs * 2) : RESTART_MIN_MS;
-    const delay = young ? this.restartDelayMs : RESTART_MIN_MS;
-    this.opts.logger.error({ pid: child.proc.pid, code, signal, lost, restartInMs: delay }, 'preprocessing process exited');
-    const timer = setTimeout(() => {
-      this.restartTimers.delete(timer);
-      if (!this.closing) this.spawn();
-    }, delay);
-    this.restartTimers.add(timer);
+    const young = startError !== undefined || performance.now() - child.startedAt < YOUNG_MS;
+    slot.restartDelayMs = young ? Math.min(RESTART_MAX_MS, slot.restartDelayMs * 2) : RESTART_MIN_MS;
+    this.opts.logger.error({ pid: child.proc.pid, code, signal, lost, restartInMs: slot.restartDelayMs }, 'preprocessing process exited');
+    this.scheduleStart(slot, slot.restartDelayMs);
   }
 }
 

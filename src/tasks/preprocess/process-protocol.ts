@@ -7,7 +7,7 @@ import { z } from 'zod';
 import type { InputSpec } from '../../config/input-spec.js';
 import type { ErrorCode } from '../../errors.js';
 import type { ImageTransform } from '../../core/types.js';
-import { IMAGE_FORMATS, type ImageFormat } from './image.js';
+import { IMAGE_FORMATS, limitRound32Size, type ImageFormat } from './image.js';
 
 /** The child's settings, in its environment (OCULAR_PREPROCESS_INIT, JSON). */
 export const ChildInitSchema = z.object({
@@ -61,11 +61,34 @@ const ReplySchema = z.union([
   }),
 ]);
 
-/** The reply, or undefined when the header and payload are not a reply a child sends. */
-export function parseChildReply(header: unknown, payload: Buffer): ChildReply | undefined {
+/** The reply header, or undefined when it is not one a child sends. */
+export function parseChildReply(header: unknown): ChildReply | undefined {
   const parsed = ReplySchema.safeParse(header);
-  if (!parsed.success) return undefined;
-  const reply = parsed.data as ChildReply;
-  const expected = 'ok' in reply && reply.ok ? reply.width * reply.height * 3 : 0;
-  return payload.length === expected ? reply : undefined;
+  return parsed.success ? (parsed.data as ChildReply) : undefined;
+}
+
+/**
+ * Why a reply does not fit the request it answers (undefined when it does): the tensor size the spec gives for the
+ * reported original size (the spec's own, or limit-round32's computed one), an original within the pixel limit,
+ * positive scales, and exactly width x height x 3 bytes of pixels. A schema-valid reply of another size would fail
+ * the whole batch it joined, or make the inference worker grow its batch buffer for good.
+ */
+export function replyMismatch(
+  reply: Extract<ChildReply, { ok: true }>,
+  spec: InputSpec,
+  maxInputPixels: number,
+  payloadLength: number,
+): string | undefined {
+  const { transform: t } = reply;
+  if (t.originalWidth * t.originalHeight > maxInputPixels) return `original ${t.originalWidth}x${t.originalHeight} is over the pixel limit`;
+  if (!(t.scaleX > 0 && t.scaleY > 0)) return 'scales must be positive';
+  const want =
+    spec.resize.mode === 'limit-round32'
+      ? limitRound32Size(t.originalWidth, t.originalHeight, spec.resize.limitSideLen, spec.resize.limitType)
+      : { width: spec.width, height: spec.height };
+  if (reply.width !== want.width || reply.height !== want.height) {
+    return `pixels of ${reply.width}x${reply.height} where the spec gives ${want.width}x${want.height}`;
+  }
+  if (payloadLength !== reply.width * reply.height * 3) return `${payloadLength} bytes of pixels for ${reply.width}x${reply.height}`;
+  return undefined;
 }

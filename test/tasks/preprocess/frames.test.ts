@@ -8,7 +8,11 @@ function frame(header: unknown, payload: Buffer): Buffer {
 function collect(maxPayload = 1 << 20) {
   const frames: { header: unknown; payload: Buffer }[] = [];
   const errors: Error[] = [];
-  const reader = new FrameReader(maxPayload, (header, payload) => frames.push({ header, payload }), (err) => errors.push(err));
+  const reader = new FrameReader(
+    (_header, payloadLength) => (payloadLength <= maxPayload ? undefined : `a payload of ${payloadLength} bytes`),
+    (header, payload) => frames.push({ header, payload }),
+    (err) => errors.push(err),
+  );
   return { frames, errors, reader };
 }
 
@@ -34,7 +38,7 @@ t.test('a payload over the limit, an oversized header or a header that is not JS
   over.reader.push(frame({ id: 1 }, Buffer.alloc(101)));
   over.reader.push(frame({ id: 2 }, Buffer.alloc(1)));
   t.equal(over.errors.length, 1);
-  t.match(over.errors[0]?.message, /over the limits/);
+  t.match(over.errors[0]?.message, /a payload of 101 bytes/, "accept's reason");
   t.same(over.frames, [], 'nothing after the error');
 
   const bigHeader = collect();
@@ -42,6 +46,10 @@ t.test('a payload over the limit, an oversized header or a header that is not JS
   head.writeUInt32LE(MAX_HEADER_BYTES + 1, 0);
   bigHeader.reader.push(head);
   t.equal(bigHeader.errors.length, 1);
+
+  const empty = collect();
+  empty.reader.push(Buffer.alloc(PREFIX_BYTES));
+  t.equal(empty.errors.length, 1, 'a zero-length header is an error');
 
   const notJson = collect();
   const bad = Buffer.alloc(PREFIX_BYTES + 3);
@@ -51,6 +59,18 @@ t.test('a payload over the limit, an oversized header or a header that is not JS
   t.equal(notJson.errors.length, 1);
   t.match(notJson.errors[0]?.message, /not JSON/);
   t.same(notJson.frames, []);
+
+  const seen: [unknown, number][] = [];
+  const refusing = new FrameReader(
+    (header, length) => {
+      seen.push([header, length]);
+      return 'refused';
+    },
+    () => t.fail('no frame after a refusal'),
+    () => {},
+  );
+  refusing.push(frameHead({ id: 9 }, 2 ** 31));
+  t.same(seen, [[{ id: 9 }, 2 ** 31]], 'accept sees the header and the announced length before any payload arrives');
 
   t.throws(() => frameHead({ big: 'x'.repeat(MAX_HEADER_BYTES) }, 0), RangeError, 'the writer refuses a header over the limit');
 });

@@ -1,4 +1,5 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import sharp from 'sharp';
 import t from 'tap';
 import { OcularError } from '../../../src/errors.js';
 import { prepareImage, type DecodeLimits } from '../../../src/tasks/preprocess/image.js';
@@ -80,15 +81,21 @@ t.test('the children prepare every photo exactly as this process does', async (t
   t.same(logger.lines.filter((l) => l.level === 'error'), []);
 });
 
+/** A 640 x 480 JPEG of noise (so that a cut copy is short of data), made here: these tests need no shared files. */
+async function noiseJpeg(): Promise<Buffer> {
+  const raw = Buffer.alloc(640 * 480 * 3);
+  for (let i = 0; i < raw.length; i++) raw[i] = (i * 2654435761) >>> 24;
+  return sharp(raw, { raw: { width: 640, height: 480, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
+}
+
 t.test('errors come back with the codes and messages prepareImage gives', async (t) => {
-  if (!haveShared(t, 'images/fruits.jpg')) return;
   const pool = new PreprocessPool({ processes: 1, imageFormats: ['jpeg', 'png', 'webp'], logger: recordingLogger() });
   t.teardown(() => pool.close());
   t.ok(await pool.whenReady());
-  const jpeg = readFileSync(sharedPath('images/fruits.jpg'));
+  const jpeg = await noiseJpeg();
   const cases: [string, Buffer, DecodeLimits][] = [
     ['not an image', Buffer.from('certainly not an image'), limits],
-    ['a truncated JPEG', jpeg.subarray(0, 20_000), limits],
+    ['a truncated JPEG', jpeg.subarray(0, Math.floor(jpeg.length / 2)), limits],
     ['over the pixel limit', jpeg, { ...limits, maxInputPixels: 10_000 }],
     ['a format this server refuses', jpeg, { ...limits, allowedFormats: new Set(['png']) }],
   ];
@@ -99,9 +106,11 @@ t.test('errors come back with the codes and messages prepareImage gives', async 
     t.equal(child.message, here.message, `${what}: same message`);
   }
   t.equal(pool.stats().inProcess, 0);
-  // The child is still there and well after its errors.
-  const ok = await pool.prepare(jpeg, yoloxNanoSpec, limits);
-  t.equal(ok.width, 416);
+  // The child is still there and well after its errors, and its answer is this process's.
+  const [ok, here] = await Promise.all([pool.prepare(jpeg, yoloxNanoSpec, limits), prepareImage(jpeg, yoloxNanoSpec, limits)]);
+  t.same([ok.width, ok.height], [416, 416]);
+  t.ok(Buffer.from(ok.pixels).equals(Buffer.from(here.pixels)), 'the same pixels');
+  t.equal(pool.stats().exits, 0);
 });
 
 t.test('a child that dies fails only its open request, and is started again', async (t) => {
@@ -126,20 +135,16 @@ t.test('a child that dies fails only its open request, and is started again', as
   t.equal(pool.stats().exits, 1);
   t.match(logger.lines.find((l) => l.msg === 'preprocessing process exited')?.obj, { code: 3, lost: 1 });
   // While none is ready, images are prepared here: nothing is refused for want of a child.
-  if (haveShared(t, 'images/cat_chelsea.png')) {
-    const here = await pool.prepare(readFileSync(sharedPath('images/cat_chelsea.png')), yoloxNanoSpec, {
-      ...limits,
-      allowedFormats: new Set(['png']),
-    });
-    t.equal(here.width, 416, 'prepared in this process meanwhile');
-    t.equal(pool.stats().inProcess, 1);
-  }
+  const png = await sharp({ create: { width: 64, height: 48, channels: 3, background: '#336699' } }).png().toBuffer();
+  const here = await pool.prepare(png, yoloxNanoSpec, { ...limits, allowedFormats: new Set(['png']) });
+  t.equal(here.width, 416, 'prepared in this process meanwhile');
+  t.equal(pool.stats().inProcess, 1);
   t.ok(await until(() => pool.stats().ready === 1), 'a new child is ready');
   t.not(pool.pids()[0], firstPid, 'a different process');
 });
 
 t.test('a malformed reply ends the child; the request fails with INTERNAL', async (t) => {
-  for (const mode of ['garbage', 'foreign-code', 'bad-frame', 'huge-frame']) {
+  for (const mode of ['garbage', 'foreign-code', 'bad-frame', 'huge-frame', 'wrong-size', 'unknown-id', 'close-replies']) {
     process.env.FAULTY_CHILD_MODE = mode;
     const logger = recordingLogger();
     const pool = new PreprocessPool({ processes: 1, imageFormats: ['png'], logger, childUrl: FAULTY });
@@ -147,30 +152,89 @@ t.test('a malformed reply ends the child; the request fails with INTERNAL', asyn
     const err = await rejection(pool.prepare(Buffer.from('x'), yoloxNanoSpec, limits));
     t.equal(err.code, 'INTERNAL', `${mode}: INTERNAL, not the child's word`);
     t.match(err.message, /SIGKILL/);
-    t.ok(logger.lines.some((l) => l.msg === 'preprocessing process sent a malformed reply: ending it'), `${mode}: logged`);
+    t.ok(logger.lines.some((l) => l.msg === 'preprocessing process misbehaved: ending it'), `${mode}: logged`);
     await pool.close();
   }
   delete process.env.FAULTY_CHILD_MODE;
 });
 
-t.test('close lets open requests finish, ends the children, and later images are prepared here', async (t) => {
-  if (!haveShared(t, 'images/fruits.jpg')) return;
-  const pool = new PreprocessPool({ processes: 2, imageFormats: ['jpeg'], logger: recordingLogger() });
+t.test('close lets open requests finish, ends the children through their input pipe, and later images are prepared here', async (t) => {
+  const logger = recordingLogger();
+  const pool = new PreprocessPool({ processes: 2, imageFormats: ['jpeg'], logger });
   t.ok(await pool.whenReady());
   const pids = pool.pids();
-  const jpeg = readFileSync(sharedPath('images/fruits.jpg'));
+  const jpeg = await noiseJpeg();
   const open = Array.from({ length: 6 }, () => pool.prepare(jpeg, yoloxNanoSpec, limits));
   t.equal(pool.stats().open, 6);
   const closed = pool.close();
+  const late = await pool.prepare(jpeg, yoloxNanoSpec, limits);
+  t.equal(late.width, 416, 'a request after close began is prepared here');
+  t.equal(pool.stats().inProcess, 1);
   const done = await Promise.all(open);
   t.equal(done.length, 6, 'every open request answered');
   await closed;
   for (const pid of pids) {
     t.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, `child ${pid} has exited`);
   }
+  const ended = logger.lines.filter((l) => l.msg === 'preprocessing process ended');
+  t.same(
+    ended.map((l) => l.obj).sort((a, b) => (a as { pid: number }).pid - (b as { pid: number }).pid),
+    pids.sort((a, b) => a - b).map((pid) => ({ pid, code: 0, signal: null })),
+    'each child exited 0 on its own (not killed) once its input closed',
+  );
   t.equal(pool.stats().exits, 0, 'an exit asked for is not counted');
-  const after = await pool.prepare(jpeg, yoloxNanoSpec, limits);
-  t.equal(after.width, 416, 'prepared in this process after close');
+});
+
+t.test('children ignore SIGTERM and SIGINT: the server, which drains first, ends them', async (t) => {
+  const pool = new PreprocessPool({ processes: 1, imageFormats: ['jpeg'], logger: recordingLogger() });
+  t.teardown(() => pool.close());
+  t.ok(await pool.whenReady());
+  const [pid] = pool.pids();
+  process.kill(pid as number, 'SIGTERM');
+  process.kill(pid as number, 'SIGINT');
+  const image = await pool.prepare(await noiseJpeg(), yoloxNanoSpec, limits);
+  t.equal(image.width, 416);
+  t.same(pool.pids(), [pid], 'the same child answered');
+  t.equal(pool.stats().exits, 0);
+  t.equal(pool.stats().inProcess, 0);
+});
+
+t.test('a child that reads but never answers is ended at the request timeout, and replaced', async (t) => {
+  process.env.FAULTY_CHILD_MODE = 'silent';
+  t.teardown(() => void delete process.env.FAULTY_CHILD_MODE);
+  const logger = recordingLogger();
+  const pool = new PreprocessPool({ processes: 1, imageFormats: ['png'], logger, childUrl: FAULTY, requestTimeoutMs: 200 });
+  t.teardown(() => pool.close());
+  t.ok(await pool.whenReady());
+  const first = pool.pids()[0];
+  const err = await rejection(pool.prepare(Buffer.from('x'), yoloxNanoSpec, limits));
+  t.equal(err.code, 'INTERNAL');
+  t.match(err.message, /SIGKILL/);
+  t.match(logger.lines.find((l) => l.msg === 'preprocessing process misbehaved: ending it')?.obj, { why: 'a request unanswered after 200 ms' });
+  t.ok(await until(() => pool.stats().ready === 1 && pool.pids()[0] !== first), 'a new child');
+});
+
+t.test('a child that cannot be started does not bring the server down: images are prepared here, and it is retried', async (t) => {
+  const exits: number[] = [];
+  const logger = recordingLogger();
+  const pool = new PreprocessPool({
+    processes: 2,
+    imageFormats: ['png'],
+    logger,
+    execPath: '/nonexistent/node',
+    onUnexpectedExit: () => exits.push(1),
+  });
+  t.teardown(() => pool.close());
+  t.notOk(await pool.whenReady(300), 'never ready');
+  const png = await sharp({ create: { width: 32, height: 32, channels: 3, background: '#ffffff' } }).png().toBuffer();
+  const image = await pool.prepare(png, yoloxNanoSpec, { ...limits, allowedFormats: new Set(['png']) });
+  t.equal(image.width, 416, 'prepared in this process');
+  t.ok(await until(() => exits.length >= 4), 'each slot retried after its first failure');
+  const failures = logger.lines.filter((l) => l.msg === 'preprocessing process exited' || l.msg === 'preprocessing process could not be started');
+  t.ok(failures.length >= 4, `${failures.length} failures logged`);
+  const delays = failures.map((l) => (l.obj as { restartInMs: number }).restartInMs);
+  t.same(delays.slice(0, 2), [1000, 1000], 'the first failure of each slot: 1 s');
+  t.ok(delays.slice(2).every((d) => d === 2000), `the second of each: 2 s (${delays.join(', ')})`);
 });
 
 t.test('a pool of 0 prepares in this process', async (t) => {
