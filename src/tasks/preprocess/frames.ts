@@ -23,6 +23,13 @@ export function frameHead(header: unknown, payloadLength: number): Buffer {
   return head;
 }
 
+/** Copies from chunk[at..] into target[filled..] as much as both allow; returns the bytes copied. */
+function copyUpTo(chunk: Buffer, at: number, target: Buffer, filled: number): number {
+  const n = Math.min(target.length - filled, chunk.length - at);
+  chunk.copy(target, filled, at, at + n);
+  return n;
+}
+
 /**
  * Reassembles frames from a byte stream cut anywhere. The header is read and parsed first; `accept` then sees it with
  * the announced payload length, and only an accepted frame gets a payload buffer, so a peer cannot make the reader
@@ -51,8 +58,7 @@ export class FrameReader {
     let at = 0;
     while (!this.failed) {
       if (this.header === undefined) {
-        const n = Math.min(PREFIX_BYTES - this.prefixFill, chunk.length - at);
-        chunk.copy(this.prefix, this.prefixFill, at, at + n);
+        const n = copyUpTo(chunk, at, this.prefix, this.prefixFill);
         this.prefixFill += n;
         at += n;
         if (this.prefixFill < PREFIX_BYTES) return;
@@ -67,8 +73,7 @@ export class FrameReader {
       }
       const header = this.header;
       if (this.headerFill < header.length) {
-        const n = Math.min(header.length - this.headerFill, chunk.length - at);
-        chunk.copy(header, this.headerFill, at, at + n);
+        const n = copyUpTo(chunk, at, header, this.headerFill);
         this.headerFill += n;
         at += n;
         if (this.headerFill < header.length) return;
@@ -90,8 +95,7 @@ export class FrameReader {
       }
       const payload = this.payload;
       if (this.payloadFill < payload.length) {
-        const n = Math.min(payload.length - this.payloadFill, chunk.length - at);
-        chunk.copy(payload, this.payloadFill, at, at + n);
+        const n = copyUpTo(chunk, at, payload, this.payloadFill);
         this.payloadFill += n;
         at += n;
         if (this.payloadFill < payload.length) return;
