@@ -2,9 +2,8 @@
  * A preprocessing process (see process-pool.ts): prepares images with the same `prepareImage` as the server, for
  * its parent. Requests arrive as frames (frames.ts) on fd 3, replies leave on fd 4. It answers every request it
  * reads, an OcularError as its code and detail, and exits once its input pipe has closed and every request read is
- * answered. SIGINT and SIGTERM are
- * ignored: a terminal's Ctrl-C reaches the whole process group, and the parent, which drains its accepted requests
- * first, is the one to end this process.
+ * answered. SIGINT and SIGTERM are ignored: a terminal's Ctrl-C reaches the whole process group, and the parent,
+ * which drains its accepted requests first, is the one to end this process.
  */
 import { Socket } from 'node:net';
 import { setPriority } from 'node:os';
@@ -12,7 +11,7 @@ import { OcularError } from '../../errors.js';
 import { FrameReader, frameHead } from './frames.js';
 import type { PreparedImage } from '../../core/types.js';
 import { configureSharp, prepareImage } from './image.js';
-import { CHILD_ERROR_CODES, ChildInitSchema, type ChildErrorCode, type ChildReply, type ChildRequest } from './process-protocol.js';
+import { CHILD_ERROR_CODES, ChildInitSchema, MAX_REQUEST_BYTES, type ChildErrorCode, type ChildReply, type ChildRequest } from './process-protocol.js';
 
 const init = ChildInitSchema.parse(JSON.parse(process.env.OCULAR_PREPROCESS_INIT ?? '{}'));
 configureSharp(init.imageFormats, { threadsPerImage: 1 });
@@ -86,13 +85,13 @@ function handle(request: ChildRequest, bytes: Buffer): void {
     });
 }
 
-// The parent writes only the request bodies it accepted, each at most 1 GiB (process-pool.ts).
+// The parent sends only bodies up to MAX_REQUEST_BYTES (process-pool.ts).
 const reader = new FrameReader(
   (header, payloadLength) => {
     const h = header as Partial<ChildRequest> | null;
     const wellFormed = typeof h?.id === 'number' && typeof h.spec === 'object' && Array.isArray(h.limits?.allowedFormats);
     if (!wellFormed) return 'a request without id, spec or limits';
-    return payloadLength <= 2 ** 30 ? undefined : `a request of ${payloadLength} bytes`;
+    return payloadLength <= MAX_REQUEST_BYTES ? undefined : `a request of ${payloadLength} bytes`;
   },
   (header, payload) => handle(header as ChildRequest, payload),
   (err) => {

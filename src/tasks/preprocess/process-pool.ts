@@ -7,7 +7,7 @@ import type { PreparedImage } from '../../core/types.js';
 import { OcularError } from '../../errors.js';
 import { prepareImage, type DecodeLimits, type ImageFormat } from './image.js';
 import { FrameReader, frameHead } from './frames.js';
-import { parseChildReply, replyMismatch, type ChildInit, type ChildReply, type ChildRequest } from './process-protocol.js';
+import { MAX_REQUEST_BYTES, parseChildReply, replyMismatch, type ChildInit, type ChildReply, type ChildRequest } from './process-protocol.js';
 
 /**
  * Image preparation (decode, resize, letterbox) in a pool of child processes.
@@ -34,7 +34,6 @@ import { parseChildReply, replyMismatch, type ChildInit, type ChildReply, type C
 /** What the pool logs through (a pino Logger is one). */
 export interface PoolLogger {
   info(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
   error(obj: object, msg: string): void;
 }
 
@@ -71,8 +70,6 @@ const YOUNG_MS = 10_000;
 const RESTART_MIN_MS = 500;
 const RESTART_MAX_MS = 30_000;
 const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
-/** The child takes frames up to this size (process-child.ts); a larger body is prepared here. */
-const MAX_REQUEST_BYTES = 2 ** 30;
 
 interface Pending {
   spec: InputSpec;
@@ -89,9 +86,8 @@ interface Pending {
 interface Child {
   slot: Slot;
   proc: ChildProcess;
-  /** Requests to the child (its fd 3) and replies from it (its fd 4). */
+  /** Requests to the child (its fd 3). */
   requests: Writable;
-  replies: Readable;
   /** False once the child is ending, condemned or its pipes failed: nothing more is sent to it. */
   usable: boolean;
   /** Killed for a protocol breach or a timeout: what it still sends is ignored. */
@@ -166,6 +162,7 @@ export class PreprocessPool {
 
   /** prepareImage, in the least busy ready child, or here when none is ready. Throws only OcularError. */
   prepare(bytes: Buffer, spec: InputSpec, limits: DecodeLimits): Promise<PreparedImage> {
+    // A body over what a child takes is prepared here.
     const child = bytes.length <= MAX_REQUEST_BYTES ? this.pick() : undefined;
     if (child === undefined) {
       if (this.opts.processes > 0) this.inProcess++;
@@ -267,7 +264,6 @@ export class PreprocessPool {
       slot,
       proc,
       requests,
-      replies,
       usable: true,
       condemned: false,
       ready: false,

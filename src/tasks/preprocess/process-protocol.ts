@@ -16,6 +16,9 @@ export const ChildInitSchema = z.object({
 });
 export type ChildInit = z.infer<typeof ChildInitSchema>;
 
+/** Largest image a child takes (its request payload); the pool prepares a larger body in the server itself. */
+export const MAX_REQUEST_BYTES = 2 ** 30;
+
 /** A request's header; its payload is the image's bytes. */
 export interface ChildRequest {
   id: number;
