@@ -1,91 +1,112 @@
 /**
- * CI's dependency audit: `npm audit --omit=dev --json` (production dependencies only), then every high or critical
- * finding fails unless audit-allowlist.json lists it (by GHSA id or package name) with a reason, the date it was
- * added, and an expiry date not yet passed.
+ * The dependency audit of .ci/run and the GitHub workflow (`npm run audit:prod`). Two checks, each saying whether
+ * it ran:
  *
- * Exit codes: 0 clean (or every finding allowed); 1 findings not allowed, or an invalid allowlist; 3 the audit
- * could not run (registry unreachable, or an audit endpoint that does not answer, as behind some mirrors). Exit 3
- * is reported loudly and .ci/run treats it as "not run", not as "passed"; AUDIT_REQUIRED=1 makes it fail.
+ * 1. `npm audit --omit=dev --json` (production dependencies). Needs the registry's bulk advisory endpoint; where
+ *    that does not answer (a mirror, or a registry answering 405 as here), it is reported NOT RUN, never passed.
+ * 2. Always, offline: the advisories the repository keeps (audit-advisories.json, GHSA id, package, vulnerable
+ *    range) against every production package of package-lock.json, and every such package pinned by a sha512
+ *    integrity (what `npm ci` verifies each download against).
  *
- * `npx tsx scripts/audit-check.ts [--input saved-audit.json] [--allowlist path]`
+ * A high or critical finding of either fails unless audit-allowlist.json lists it (GHSA id or package name) with a
+ * reason, the date added and an unexpired expiry date. The logic is scripts/lib/audit.ts.
+ *
+ * Exit codes: 0 both checks ran and passed; 1 a finding not allowed, an unpinned package, or an invalid list;
+ * 3 the kept-advisory check passed but npm audit could not run (.ci/run and the workflow warn; AUDIT_REQUIRED=1
+ * makes it fail there).
+ *
+ * `npx tsx scripts/audit-check.ts [--input saved-npm-audit.json] [--allowlist path] [--advisories path] [--lockfile path]`
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import {
+  activeAllowEntries,
+  findingsOf,
+  isAllowed,
+  keptAdvisoryFindings,
+  productionPackages,
+  unpinnedPackages,
+  type AllowEntry,
+  type Finding,
+  type KeptAdvisory,
+  type NpmAuditReport,
+} from './lib/audit.js';
 
-interface Entry {
-  advisory?: string;
-  package?: string;
-  reason: string;
-  added: string;
-  expires: string;
-}
+const { values } = parseArgs({
+  options: {
+    input: { type: 'string' },
+    allowlist: { type: 'string', default: 'audit-allowlist.json' },
+    advisories: { type: 'string', default: 'audit-advisories.json' },
+    lockfile: { type: 'string', default: 'package-lock.json' },
+  },
+});
+const say = (line: string) => process.stdout.write(`${line}\n`);
 
-interface Finding {
-  package: string;
-  severity: string;
-  advisories: string[];
-  titles: string[];
-}
-
-const { values } = parseArgs({ options: { input: { type: 'string' }, allowlist: { type: 'string', default: 'audit-allowlist.json' } } });
-
-function runAudit(): string {
-  if (values.input !== undefined) return readFileSync(values.input, 'utf8');
+/** npm audit's JSON, or why there is none. */
+function runNpmAudit(): NpmAuditReport | string {
+  let text: string;
+  if (values.input !== undefined) {
+    text = readFileSync(values.input, 'utf8');
+  } else {
+    try {
+      text = execFileSync('npm', ['audit', '--omit=dev', '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
+    } catch (err) {
+      // npm audit exits 1 when it finds anything, and on an endpoint error: its JSON is on stdout either way.
+      const out = (err as { stdout?: string }).stdout;
+      if (typeof out !== 'string' || !out.trim().startsWith('{')) return (err as Error).message.split('\n', 1)[0] ?? 'npm audit failed';
+      text = out;
+    }
+  }
   try {
-    return execFileSync('npm', ['audit', '--omit=dev', '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
+    return JSON.parse(text) as NpmAuditReport;
   } catch (err) {
-    // npm audit exits 1 when it finds anything: its JSON is still on stdout.
-    const out = (err as { stdout?: string }).stdout;
-    if (typeof out === 'string' && out.trim().startsWith('{')) return out;
-    throw err;
+    return `npm audit's answer is not JSON: ${(err as Error).message}`;
   }
 }
 
-function notRun(why: string): never {
-  process.stdout.write(`npm audit: NOT RUN: ${why}\n`);
-  process.exit(3);
-}
-
-const date = /^\d{4}-\d{2}-\d{2}$/;
-const allow = JSON.parse(readFileSync(values.allowlist, 'utf8')) as { entries?: Entry[] };
 const problems: string[] = [];
-const today = new Date().toISOString().slice(0, 10);
-const active: Entry[] = [];
-for (const [i, e] of (allow.entries ?? []).entries()) {
-  if ((e.advisory === undefined) === (e.package === undefined)) problems.push(`allowlist entry ${i}: give exactly one of advisory, package`);
-  if (typeof e.reason !== 'string' || e.reason.trim().length < 10) problems.push(`allowlist entry ${i}: a reason is required`);
-  if (!date.test(String(e.added)) || !date.test(String(e.expires))) problems.push(`allowlist entry ${i}: added and expires are YYYY-MM-DD dates`);
-  else if (e.expires < today) process.stdout.write(`allowlist entry ${i} (${e.advisory ?? e.package}) expired on ${e.expires}: it no longer counts\n`);
-  else active.push(e);
+const allow = JSON.parse(readFileSync(values.allowlist, 'utf8')) as { entries?: AllowEntry[] };
+const { active, problems: allowProblems, expired } = activeAllowEntries(allow.entries ?? [], new Date().toISOString().slice(0, 10));
+problems.push(...allowProblems);
+expired.forEach((line) => say(line));
+
+const report = (name: string, findings: Finding[]): number => {
+  let failing = 0;
+  for (const f of findings) {
+    const ok = isAllowed(f, active);
+    if (!ok) failing++;
+    say(`${ok ? 'allowed' : 'FAIL   '} ${f.severity} ${f.package} ${f.advisories.join(',')} ${f.titles.join('; ')}`);
+  }
+  say(`${name}: ${findings.length} high/critical, ${findings.length - failing} allowed, ${failing} failing`);
+  return failing;
+};
+
+// 1. npm audit
+let failing = 0;
+let npmAuditRan = false;
+const npm = runNpmAudit();
+const npmResult = typeof npm === 'string' ? { notRun: npm } : findingsOf(npm);
+if ('notRun' in npmResult) {
+  say(`npm audit: NOT RUN: ${npmResult.notRun}`);
+} else {
+  npmAuditRan = true;
+  failing += report('npm audit (production dependencies)', npmResult.findings);
 }
 
-let report: { vulnerabilities?: Record<string, { severity: string; via: unknown[] }>; error?: unknown; message?: string; statusCode?: number };
+// 2. the kept advisories and integrity pins, against the lockfile
 try {
-  report = JSON.parse(runAudit()) as typeof report;
+  const packages = productionPackages(JSON.parse(readFileSync(values.lockfile, 'utf8')));
+  const kept = JSON.parse(readFileSync(values.advisories, 'utf8')) as { advisories?: KeptAdvisory[] };
+  const advisories = kept.advisories ?? [];
+  failing += report(`kept advisories (${advisories.length} in ${values.advisories}, ${packages.length} production packages of ${values.lockfile})`, keptAdvisoryFindings(packages, advisories));
+  const unpinned = unpinnedPackages(packages);
+  for (const p of unpinned) problems.push(`not pinned by a sha512 integrity in ${values.lockfile}: ${p}`);
+  if (unpinned.length === 0) say(`integrity: all ${packages.length} production packages pinned by sha512`);
 } catch (err) {
-  notRun((err as Error).message.split('\n', 1)[0] ?? 'npm audit failed');
-}
-if (report.vulnerabilities === undefined) {
-  notRun(report.message ?? (report.statusCode !== undefined ? `HTTP ${report.statusCode}` : 'no vulnerabilities section in the answer'));
+  problems.push(`kept advisories: ${(err as Error).message}`);
 }
 
-const findings: Finding[] = [];
-for (const [name, v] of Object.entries(report.vulnerabilities)) {
-  if (v.severity !== 'high' && v.severity !== 'critical') continue;
-  const via = v.via.filter((x): x is { url?: string; title?: string } => typeof x === 'object' && x !== null);
-  findings.push({
-    package: name,
-    severity: v.severity,
-    advisories: via.map((x) => /GHSA-[\w-]+/.exec(x.url ?? '')?.[0]).filter((x): x is string => x !== undefined),
-    titles: via.map((x) => x.title ?? '').filter((x) => x !== ''),
-  });
-}
-const allowed = (f: Finding) => active.some((e) => e.package === f.package || (e.advisory !== undefined && f.advisories.includes(e.advisory)));
-const failing = findings.filter((f) => !allowed(f));
-for (const f of findings) {
-  process.stdout.write(`${allowed(f) ? 'allowed' : 'FAIL   '} ${f.severity} ${f.package} ${f.advisories.join(',')} ${f.titles.join('; ')}\n`);
-}
-for (const p of problems) process.stdout.write(`${p}\n`);
-process.stdout.write(`npm audit (production dependencies): ${findings.length} high/critical, ${findings.length - failing.length} allowed, ${failing.length} failing\n`);
-process.exit(failing.length > 0 || problems.length > 0 ? 1 : 0);
+for (const p of problems) say(p);
+if (failing > 0 || problems.length > 0) process.exit(1);
+process.exit(npmAuditRan ? 0 : 3);

@@ -24,8 +24,9 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { intraOpThreadsOf } from '../src/config/config.js';
 import { parseManifest } from '../src/config/manifest.js';
-import { normalizeInto, normalizeParamsOf } from '../src/tasks/preprocess/normalize.js';
-import { configureSharp, prepareImage } from '../src/tasks/preprocess/image.js';
+import { normalizeInto, normalizeParamsOf } from '../src/core/runner/normalize.js';
+import { prepareImage } from '../src/core/preprocess/image.js';
+import { configureSharp } from '../src/core/preprocess/sharp-config.js';
 import { closedLoop, LOAD_CLIENTS, openLoop, predictPath, probeLatency, type LoadResult, type LoadTarget } from './lib/load.js';
 import { loadPhotos, prepareBody, type Photo } from './lib/photos.js';
 import { diffMetrics, scrapeMetrics, type ServerSplit } from './lib/prom.js';
@@ -137,7 +138,12 @@ if (!existsSync(mainJs) || statSync(mainJs).mtimeMs < newestMtime(join(root, 'sr
 const childEnv: NodeJS.ProcessEnv = { ...process.env, OCULAR_LOG_LEVEL: 'warn', OCULAR_DEVICE: 'cpu' };
 const intraOp = opt.intraOp > 0 ? opt.intraOp : undefined;
 if (intraOp !== undefined) childEnv['OCULAR_INTRA_OP_THREADS'] = String(intraOp);
-const tsxArgs = ['--import', 'tsx'];
+/**
+ * Like for like (issue #20): every contender's node runs with the options `npm start` gives Ocular, so that no ratio
+ * measures a V8 heap setting. The handler and the in-process loop load through tsx (TypeScript sources); Ocular runs
+ * its build. Stated beside the table.
+ */
+const tsxArgs = [...ocularNodeOptions, '--import', 'tsx'];
 
 async function startOcular(manifest: string | undefined, name = 'ocular', extraEnv: NodeJS.ProcessEnv = {}): Promise<RunningServer> {
   const port = await freePort();
@@ -530,6 +536,7 @@ lines.push(`### Benchmark run ${machine.date}`, '');
 lines.push(
   `Machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memGiB} GiB, Node ${machine.node}, load average at start ${machine.loadAvgAtStart.join(' ')}; GPU: ${machine.gpu}.`,
   `Settings: ${opt.rounds} interleaved rounds, ${opt.durationS} s per saturated run, ${opt.c1DurationS} s per single-connection run; intra-op threads ${intraOpThreadsOf({ intraOpThreads: opt.intraOp })} for every contender; closed-loop client ${opt.client}; env ${JSON.stringify(machine.env)}${quick ? '; **--quick (smoke run: not for the record)**' : ''}.`,
+  `Node options, the same for every contender (npm start's): \`${ocularNodeOptions.join(' ') || '(none)'}\`; the handler and the in-process loop add \`--import tsx\`, Ocular runs dist/.`,
   `Command: \`npm run bench${process.argv.slice(2).length > 0 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}\``,
   '',
   'Median (min–max) over the rounds. A ratio is the median (min–max) of the per-round ratios: each round is one interleaved pair (or triple) of the contenders.',

@@ -93,7 +93,7 @@ for config in "${configs[@]}"; do
   name="$model-$device-b$batch-d$delay-tune_$tune-pad_$pad${uv:+-uv$uv}${instances:+-i$instances}${preprocess:+-p$preprocess}"
   echo "== $name ($(date -u +%T))"
   manifest "$model" "$batch" "$delay" "$tune" "$pad" "${instances:-}" "$out/$name.manifest.json" || continue
-  env ${uv:+UV_THREADPOOL_SIZE=$uv} ${preprocess:+OCULAR_PREPROCESS_PROCESSES=$preprocess} OCULAR_MANIFEST="$out/$name.manifest.json" OCULAR_DEVICE="$device" PORT="$port" HOST=127.0.0.1 \
+  env ${uv:+UV_THREADPOOL_SIZE=$uv} ${preprocess:+OCULAR_PREPROCESS_PROCESSES=$preprocess} OCULAR_MANIFEST="$out/$name.manifest.json" OCULAR_DEVICE="$device" PORT="$port" OCULAR_GRPC_PORT=off HOST=127.0.0.1 \
     OCULAR_LOG_LEVEL="${LOG_LEVEL:-warn}" OCULAR_PLAYGROUND=false "$node" "${node_opts[@]}" "$root/dist/src/main.js" >"$out/$name.log" 2>&1 &
   server=$!
   started=$(date +%s%N)

@@ -15,8 +15,9 @@ import { intraOpThreadsOf } from '../src/config/config.js';
 import { loadManifest } from '../src/config/manifest.js';
 import { createSessionPool, type SessionPool } from '../src/core/runner/session-pool.js';
 import type { PreparedImage } from '../src/core/types.js';
-import { normalizeParamsOf } from '../src/tasks/preprocess/normalize.js';
-import { configureSharp, prepareImage, type DecodeLimits } from '../src/tasks/preprocess/image.js';
+import { normalizeParamsOf } from '../src/core/runner/normalize.js';
+import { prepareImage, type DecodeLimits } from '../src/core/preprocess/image.js';
+import { configureSharp } from '../src/core/preprocess/sharp-config.js';
 import { loadPhotos } from './lib/photos.js';
 import { summarize } from './lib/stats.js';
 

@@ -1,13 +1,15 @@
 /**
  * Load test for any running Ocular (or any server with the same predict route): real photos, round-robin, as raw
- * bodies or multipart; a closed-loop concurrency sweep and/or an open-loop fixed arrival rate. Writes a JSON
- * report and a Markdown table. Run `npm run loadtest -- --help`.
+ * bodies or multipart; a closed-loop concurrency sweep and/or an open-loop fixed arrival rate; or, with --grpc,
+ * a closed loop of gRPC ModelInfer calls (lib/grpc-load.ts). Writes a JSON report and a Markdown table. Run
+ * `npm run loadtest -- --help`.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { closedLoop, LOAD_CLIENTS, openLoop, predictPath, type LoadClient, type LoadTarget } from './lib/load.js';
 import { loadPhotos, prepareBody, type BodyKind } from './lib/photos.js';
+import { grpcClosedLoop } from './lib/grpc-load.js';
 import { diffMetrics, scrapeMetrics } from './lib/prom.js';
 import { loadTable, type LoadRow } from './lib/report.js';
 
@@ -42,6 +44,9 @@ Options
   --warmup S           seconds of unmeasured load before the first run (default 2)
   --out PATH           report path without extension: writes PATH.json and PATH.md (default .cache/loadtest/report)
   --label TEXT         name of this target in the report (default the URL)
+  --grpc HOST:PORT     closed loop over gRPC instead of HTTP: ModelInfer on Ocular's gRPC port, each photo
+                       as a BYTES input with classification 5 (the /v1 predict's work), --concurrency calls
+                       in flight on one channel; /metrics still read from --url (closed mode only)
   -h, --help           this text
 
 Example
@@ -64,6 +69,8 @@ interface LoadtestOptions {
   warmupS: number;
   out: string;
   label: string;
+  /** host:port of the gRPC listener: the closed loop runs over gRPC. */
+  grpc: string | undefined;
 }
 
 function numbers(value: string, name: string): number[] {
@@ -90,6 +97,7 @@ function parseLoadtestArgs(argv: string[]): LoadtestOptions | 'help' {
       warmup: { type: 'string', default: '2' },
       out: { type: 'string', default: '.cache/loadtest/report' },
       label: { type: 'string' },
+      grpc: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -98,6 +106,7 @@ function parseLoadtestArgs(argv: string[]): LoadtestOptions | 'help' {
   if (values.mode !== 'closed' && values.mode !== 'open' && values.mode !== 'both') {
     throw new Error('--mode must be closed, open or both');
   }
+  if (values.grpc !== undefined && values.mode !== 'closed') throw new Error('--grpc runs the closed loop only (--mode closed)');
   const client = LOAD_CLIENTS.find((c) => c === values.client);
   if (client === undefined) throw new Error(`--client must be ${LOAD_CLIENTS.join(' or ')}`);
   const shared = process.env['OCULAR_SHARED_DIR'] ?? '../shared';
@@ -115,14 +124,18 @@ function parseLoadtestArgs(argv: string[]): LoadtestOptions | 'help' {
     durationS: numbers(values.duration, 'duration')[0] as number,
     warmupS: Number(values.warmup),
     out: values.out,
-    label: values.label ?? values.url,
+    label: values.label ?? (values.grpc !== undefined ? `grpc://${values.grpc}` : values.url),
+    grpc: values.grpc,
   };
 }
 
 async function runLoadtest(o: LoadtestOptions): Promise<LoadRow[]> {
   const photos = loadPhotos(o.images);
   const target: LoadTarget = { url: o.url, path: predictPath(o.model, o.query), bodies: photos.map((p) => prepareBody(p, o.body)) };
-  if (o.warmupS > 0) await closedLoop(target, Math.max(...o.concurrency, 4), o.warmupS, o.client);
+  const grpcTarget = o.grpc !== undefined ? { address: o.grpc, model: o.model, photos } : undefined;
+  const closed = (c: number, seconds: number) =>
+    grpcTarget !== undefined ? grpcClosedLoop(grpcTarget, c, seconds) : closedLoop(target, c, seconds, o.client);
+  if (o.warmupS > 0) await closed(Math.max(...o.concurrency, 4), o.warmupS);
   const rows: LoadRow[] = [];
   const measure = async (run: () => ReturnType<typeof closedLoop>) => {
     const before = await scrapeMetrics(o.url);
@@ -132,7 +145,7 @@ async function runLoadtest(o: LoadtestOptions): Promise<LoadRow[]> {
     rows.push({ label: o.label, result, server });
     process.stderr.write(`${loadTable(rows.slice(-1)).split('\n')[2]}\n`);
   };
-  if (o.mode !== 'open') for (const c of o.concurrency) await measure(() => closedLoop(target, c, o.durationS, o.client));
+  if (o.mode !== 'open') for (const c of o.concurrency) await measure(() => closed(c, o.durationS));
   if (o.mode !== 'closed') for (const r of o.rate) await measure(() => openLoop(target, r, o.durationS, o.maxConnections));
   return rows;
 }

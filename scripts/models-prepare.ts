@@ -7,12 +7,14 @@
  *   paths are relative to it. Works offline after `npm ci`, so `docker compose up` needs no network.
  * - `--zoo`: also downloads a public ImageNet classifier and a COCO detector (and their label files) by URL, each
  *   verified by sha256 before it is renamed into place, and adds them to the manifest. For machines online.
+ *   `--from DIR` takes the same files from a local folder instead (offline: CI passes ../shared/models): each one
+ *   is the file of DIR/<its folder>/ whose sha256 is the expected one.
  *
  * Images never contain weights: this folder is what `docker run -v ./models:/models:ro` and compose mount.
  */
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -130,6 +132,25 @@ async function download(d: Download, outDir: string): Promise<void> {
   console.log(`downloaded ${d.file} (sha256 ok)`);
 }
 
+/** Copies a zoo file out of a local folder: the file of `fromDir/<its folder>/` with the expected sha256. */
+async function copyFromDir(d: Download, fromDir: string, outDir: string): Promise<void> {
+  if ((await sha256Of(join(outDir, d.file)).catch(() => '')) === d.sha256) {
+    console.log(`kept       ${d.file} (sha256 ok)`);
+    return;
+  }
+  const dir = join(fromDir, dirname(d.file));
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names.sort()) {
+    const path = join(dir, name);
+    if ((await sha256Of(path).catch(() => '')) !== d.sha256) continue;
+    await mkdir(dirname(join(outDir, d.file)), { recursive: true });
+    await copyFile(path, join(outDir, d.file));
+    console.log(`copied     ${d.file} (from ${path}, sha256 ok)`);
+    return;
+  }
+  throw new Error(`no file in ${dir} has the sha256 of ${d.file} (${d.sha256}); without --from it is downloaded from ${d.url}`);
+}
+
 /** Copies one local file referenced by the default manifest into outDir/<model>/, returning its new relative path. */
 async function copyLocal(from: string, model: string, outDir: string, sha256?: string): Promise<string> {
   if (sha256 !== undefined && (await sha256Of(from)) !== sha256) throw new Error(`${from}: sha256 is not ${sha256}`);
@@ -148,6 +169,7 @@ async function main(): Promise<void> {
       out: { type: 'string', default: join(projectRoot, 'models') },
       manifest: { type: 'string', default: join(projectRoot, 'models.manifest.json') },
       zoo: { type: 'boolean', default: false },
+      from: { type: 'string' },
     },
   });
   const outDir = resolve(values.out);
@@ -182,7 +204,7 @@ async function main(): Promise<void> {
 
   if (values.zoo) {
     for (const z of ZOO) {
-      for (const f of z.files) await download(f, outDir);
+      for (const f of z.files) await (values.from !== undefined ? copyFromDir(f, resolve(values.from), outDir) : download(f, outDir));
       models.push(z.entry);
     }
   }

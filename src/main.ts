@@ -1,10 +1,13 @@
 #!/usr/bin/env node
-import { pino, stdTimeFunctions } from 'pino';
+import { pino, stdTimeFunctions, type Logger } from 'pino';
 import { buildApp } from './app.js';
-import { ConfigError, helpText, parseConfig } from './config/config.js';
+import { ConfigError, OCULAR_VERSION, helpText, parseConfig } from './config/config.js';
 import { AuthConfigError } from './plugins/auth.js';
-import { loadManifest } from './config/manifest.js';
-import { configureSharp } from './tasks/preprocess/image.js';
+import { ManifestError, loadManifest } from './config/manifest.js';
+import { ModelFileMissingError } from './core/model-files.js';
+import { ModelLoadError } from './core/registry.js';
+import { listenUrl, readableDestination } from './core/log-format.js';
+import { configureSharp } from './core/preprocess/sharp-config.js';
 import { currentThreadId, startThreadRenicer } from './core/runner/thread-priority.js';
 
 /**
@@ -32,7 +35,8 @@ async function main(): Promise<void> {
     parsed = parseConfig(process.env, process.argv.slice(2));
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`${err.message}\n\n${helpText()}`);
+      // What is wrong and where to look, not the whole help: that scrolls the problem out of sight.
+      process.stderr.write(`ocular: ${err.message}\nRun with --help to see every option.\n`);
       process.exit(2);
     }
     throw err;
@@ -41,13 +45,19 @@ async function main(): Promise<void> {
     process.stdout.write(helpText());
     return;
   }
+  if (parsed.version) {
+    process.stdout.write(`${OCULAR_VERSION}\n`);
+    return;
+  }
   const { config, warnings } = parsed;
-  const logger = pino({
+  const options = {
     level: config.logLevel,
     base: { service: 'ocular' },
     timestamp: stdTimeFunctions.isoTime,
     redact: { paths: REDACT, censor: '[redacted]' },
-  });
+  };
+  // Readable lines for a person at a terminal, JSON lines for everything else (containers, pipes, collectors).
+  const logger = process.stdout.isTTY ? pino(options, readableDestination(process.stdout)) : pino(options);
   for (const w of warnings) logger.warn({}, w);
 
   configureSharp(config.imageFormats);
@@ -64,7 +74,9 @@ async function main(): Promise<void> {
   try {
     manifest = await loadManifest(config.manifest);
   } catch (err) {
-    logger.fatal({ err }, 'cannot load the manifest');
+    // A manifest error is the user's to fix: its message, once, without a stack (it names the file and the field).
+    if (err instanceof ManifestError) logger.fatal({ manifest: config.manifest, reason: err.message }, 'cannot load the manifest');
+    else logger.fatal({ err }, 'cannot load the manifest');
     process.exit(1);
   }
 
@@ -97,11 +109,14 @@ async function main(): Promise<void> {
     if (forcing) return;
     forcing = true;
     app.ocular.models.startDraining();
+    app.grpc.drain();
     logger.error({ why, open: app.inFlight.open, graceMs: config.shutdownGraceMs }, 'forced shutdown: answering the remaining requests 503');
     // Then the runs already inside onnxruntime finish (at most 2 s): exiting in the middle of one aborts the process.
     void app.inFlight
       .answerAll(1000)
       .then(async (answered) => {
+        // The queues were rejected above (each gRPC call answered by its own handler); the calls still running now.
+        answered += app.grpc.answerAll();
         const quiet = await app.ocular.models.haltRuns(2000);
         logger.error({ answered, runsFinished: quiet }, 'exiting with work unfinished');
       })
@@ -115,6 +130,8 @@ async function main(): Promise<void> {
     shuttingDown = true;
     logger.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down: draining');
     app.ocular.models.startDraining();
+    // gRPC health NOT_SERVING at once; its calls in progress finish in app.close's preClose (tryShutdown).
+    app.grpc.drain();
     const timer = setTimeout(() => {
       logger.error({ graceMs: config.shutdownGraceMs }, 'shutdown grace expired, exiting with work unfinished');
       force('grace expired');
@@ -148,18 +165,53 @@ async function main(): Promise<void> {
   });
 
   await app.listen({ host: config.host, port: config.port });
+  // Outside the main port's connection cap, so that the orchestrator's probes are answered while it is reached.
+  if (config.probePort !== undefined) await app.probeListener.listen({ host: config.host, port: config.probePort });
+  if (config.grpcPort !== 0) await app.grpc.listen(config.host, config.grpcPort);
   logger.info({ manifest: manifest.path, models: manifest.manifest.models.map((m) => m.name) }, 'loading models');
   try {
     await app.ocular.models.loadAll();
   } catch (err) {
     if (shuttingDown) return;
-    logger.fatal({ err }, 'a model failed to load');
+    logLoadFailure(logger, err, manifest.path);
     await app.close().catch(() => {});
     process.exit(1);
   }
-  if (!shuttingDown) logger.info({ models: app.ocular.models.list().map((m) => m.describe().provider) }, 'ready');
+  if (!shuttingDown) {
+    const address = app.server.address();
+    const url = listenUrl(config.host, typeof address === 'object' && address !== null ? address.port : config.port);
+    const models = app.ocular.models.list().map((m) => {
+      const d = m.describe();
+      return { name: d.name, task: d.task, provider: d.provider };
+    });
+    // gRPC health follows readiness at once, not at its next poll: SERVING before the ready line.
+    app.grpc.syncHealth();
+    // The message stays `ready` for whatever watches the JSON; a terminal shows it as readyMessage's sentence.
+    logger.info({ url, models }, 'ready');
+  }
   // After ready: until the children are up, images are prepared in this process.
   if (!shuttingDown) await app.ocular.startPreprocessing();
+}
+
+/**
+ * One log line for a model that failed to load at startup. A missing model or labels file names the manifest
+ * entry, the field, the path and the command that writes the default models. The error itself is not logged as
+ * `err`: pino's serializer appends every cause's message, which repeats the reason.
+ */
+function logLoadFailure(logger: Logger, err: unknown, manifestPath: string): void {
+  if (!(err instanceof ModelLoadError)) {
+    logger.fatal({ err }, 'a model failed to load');
+    return;
+  }
+  const cause = err.cause;
+  if (cause instanceof ModelFileMissingError) {
+    logger.fatal(
+      { model: cause.model, field: cause.field, path: cause.path, manifest: manifestPath },
+      `${cause.message}: \`npm run models:prepare\` (where dev dependencies are installed) writes the default models and their manifest to ./models (OCULAR_MANIFEST=./models/models.manifest.json); otherwise fix the path in ${manifestPath}`,
+    );
+    return;
+  }
+  logger.fatal({ model: err.model, manifest: manifestPath, ...(cause instanceof Error && { stack: cause.stack }) }, err.message);
 }
 
 process.on('uncaughtException', (err) => {

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Container checks, run for real (called by .ci/run; runs standalone as `bash scripts/ci/containers.sh`).
 #
-# Starts a private Docker engine, builds both image targets on local stand-in bases (no image can be pulled here;
-# the GPU target with ORT_NODE_INSTALL=skip), runs each with the shared models mounted read-only, waits for
+# Starts a private Docker engine, builds the three image targets on local stand-in bases (no image can be pulled
+# here; the GPU target with ORT_NODE_INSTALL=skip), checks that WebGPU finds lavapipe in the webgpu image, runs the cpu and gpu images with the shared models mounted read-only, waits for
 # `healthy`, posts real photos, checks the process is non-root under tini on a read-only root filesystem, checks
 # that `docker stop` drains in seconds without losing an accepted request, brings the default compose service up
-# to healthy and answering and down again, confirms the gpu profile asks the engine for an NVIDIA device, and runs
+# to healthy and answering and down again, confirms the gpu profile asks the engine for an NVIDIA device and the
+# webgpu profile for /dev/dri, and runs
 # `promtool check config`. Needs root (Debian 12). Prints one line per check; exits non-zero if any failed.
 # Everything it starts is removed by the EXIT trap: containers, volumes, networks, dockerd (by pid), netns
 # mounts, docker0, the temporary folder.
@@ -43,7 +44,7 @@ cleanup() {
   local rc=$?
   set +e
   if [ -n "$dockerd_pid" ] && kill -0 "$dockerd_pid" 2>/dev/null; then
-    COMPOSE_PROJECT_NAME=ocularci docker-compose -f "$COMPOSE_FILE_PATH" --profile gpu --profile monitoring \
+    COMPOSE_PROJECT_NAME=ocularci docker-compose -f "$COMPOSE_FILE_PATH" --profile gpu --profile webgpu --profile monitoring \
       down -v --remove-orphans >/dev/null 2>&1
     local ids; ids="$("$DOCKER" ps -aq 2>/dev/null)"
     [ -n "$ids" ] && "$DOCKER" rm -f $ids >/dev/null 2>&1
@@ -88,7 +89,9 @@ work="$(mktemp -d /tmp/ocular-ci.XXXXXX)"
 # The engine's data lives in memory: builds are faster and cleanup is an unmount, not a minute of rm -rf.
 mount -t tmpfs -o size=8g,mode=0700 ocular-ci "$work" || die "tmpfs for the engine"
 export DOCKER_HOST="unix://$work/docker.sock"
-dockerd --data-root "$work/data" --exec-root "$work/exec" --pidfile "$work/dockerd.pid" --host "$DOCKER_HOST" \
+# Without XDG_RUNTIME_DIR: runc keeps its exec state there when it is set, and a folder that does not exist (yet) fails
+# every `docker exec`, HEALTHCHECK included ("OCI runtime exec failed: open $XDG_RUNTIME_DIR/runc-process…").
+env -u XDG_RUNTIME_DIR dockerd --data-root "$work/data" --exec-root "$work/exec" --pidfile "$work/dockerd.pid" --host "$DOCKER_HOST" \
   >"$work/dockerd.log" 2>&1 &
 dockerd_pid=$!
 for _ in $(seq 1 100); do "$DOCKER" info >/dev/null 2>&1 && break; sleep 0.2; done
@@ -131,7 +134,7 @@ build() { # build TARGET TAG
     --build-arg ORT_NODE_INSTALL=skip \
     -f "$CONTEXT/docker/Dockerfile" --target "$1" -t "$2" "$CONTEXT" >"$work/build-$1.log" 2>&1
 }
-for target in runtime-cpu runtime-gpu; do
+for target in runtime-cpu runtime-gpu runtime-webgpu; do
   t0=$SECONDS
   if build "$target" "$IMG:${target#runtime-}"; then
     ok "build $target ($((SECONDS - t0))s)"
@@ -148,7 +151,7 @@ describe_image() { # size, layers, and the largest layers
   "$DOCKER" history --no-trunc --format '{{.Size}}\t{{.CreatedBy}}' "$1" | sort -h -r | head -n 4 |
     cut -c1-150 | sed 's/^/    /'
 }
-for tag in cpu gpu; do describe_image "$IMG:$tag"; done
+for tag in cpu gpu webgpu; do describe_image "$IMG:$tag"; done
 
 image_checks() { # image_checks TAG
   local img="$IMG:$1" user hc
@@ -159,7 +162,23 @@ image_checks() { # image_checks TAG
   check "$img: no .onnx file and no /models content in the image" \
     bash -c "! '$DOCKER' run --rm --entrypoint /bin/sh '$img' -c 'find / -xdev -name \"*.onnx\" | grep -q . || ls -A /models | grep -q .'"
 }
-for tag in cpu gpu; do image_checks "$tag"; done
+for tag in cpu gpu webgpu; do image_checks "$tag"; done
+# No GPU here: WebGPU must find Mesa's lavapipe through the image's Vulkan loader, and Ocular must call it software.
+# Judged from what the probe prints, not its exit status: Dawn's teardown at process exit is not ours to test.
+webgpu_probe() {
+  "$DOCKER" run --rm --read-only --tmpfs /tmp -v "$SHARED_DIR/models:/models:ro" --entrypoint node "$IMG:webgpu" --input-type=module -e "
+    const ort = await import('/app/node_modules/onnxruntime-node/dist/index.js');
+    const { detectVulkanDriver } = await import('/app/dist/src/core/runner/vulkan-driver.js');
+    const s = await ort.InferenceSession.create('/models/ultraface-rfb-320/model.onnx', { executionProviders: ['webgpu'], logSeverityLevel: 4 });
+    const r = detectVulkanDriver();
+    console.log(JSON.stringify({ inputs: s.inputNames, software: r.software, active: r.active.map((i) => i.library) }));
+    await s.release();" 2>/dev/null | tail -n 1
+}
+probe="$(webgpu_probe || true)"
+check "webgpu image: a WebGPU session on lavapipe, named a software driver ($probe)" \
+  bash -c 'grep -q "\"inputs\":\[\"input\"\]" <<<"$1" && grep -q "\"software\":true" <<<"$1" && grep -q "libvulkan_lvp" <<<"$1"' _ "$probe"
+check "webgpu image sets OCULAR_DEVICE=webgpu and XDG_RUNTIME_DIR" \
+  bash -c "'$DOCKER' image inspect -f '{{join .Config.Env \" \"}}' $IMG:webgpu | grep -q 'OCULAR_DEVICE=webgpu.*XDG_RUNTIME_DIR=/tmp\|XDG_RUNTIME_DIR=/tmp.*OCULAR_DEVICE=webgpu'"
 check "gpu image sets NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES" \
   bash -c "'$DOCKER' image inspect -f '{{join .Config.Env \" \"}}' $IMG:gpu | grep -q NVIDIA_DRIVER_CAPABILITIES=compute"
 
@@ -264,7 +283,7 @@ check "models:prepare wrote a manifest with relative paths" \
   "$work/models/models.manifest.json"
 export COMPOSE_PROJECT_NAME=ocularci OCULAR_IMAGE=$IMG OCULAR_MODELS_DIR="$work/models" OCULAR_HTTP_PORT=$P_COMPOSE
 compose() { docker-compose -f "$COMPOSE_FILE_PATH" --project-directory "$repo" "$@"; }
-check "docker-compose config -q (all profiles)" compose --profile gpu --profile monitoring config -q
+check "docker-compose config -q (all profiles)" compose --profile gpu --profile webgpu --profile monitoring config -q
 if compose up -d --no-build >"$work/compose-up.log" 2>&1; then
   cid="$(compose ps -q ocular)"
   check "compose: default service healthy" wait_healthy "$cid" 150 &&
@@ -280,6 +299,11 @@ echo "  gpu profile: $(grep -o 'could not select device driver.*' <<<"$gpu_out" 
 check "compose: the gpu profile asks the engine for an NVIDIA GPU" \
   grep -q 'could not select device driver "nvidia" with capabilities: \[\[gpu\]\]' <<<"$gpu_out"
 compose --profile gpu down -v --remove-orphans >/dev/null 2>&1
+webgpu_out="$(OCULAR_RENDER_GID=44 compose --profile webgpu up -d --no-build ocular-webgpu 2>&1)"
+echo "  webgpu profile: $(grep -o 'error gathering device information.*' <<<"$webgpu_out" | head -n 1)"
+check "compose: the webgpu profile passes /dev/dri to the engine (absent here)" \
+  grep -q 'device information while adding custom device "/dev/dri"' <<<"$webgpu_out"
+compose --profile webgpu down -v --remove-orphans >/dev/null 2>&1
 
 step "prometheus"
 check "promtool check config docker/prometheus.yml" promtool check config "${OCULAR_CI_PROMETHEUS_CONFIG:-docker/prometheus.yml}"

@@ -69,7 +69,8 @@ export interface StartOptions {
 export async function startServer(o: StartOptions): Promise<RunningServer> {
   const url = `http://127.0.0.1:${o.port}`;
   const t0 = performance.now();
-  const child = spawn(process.execPath, o.args, { cwd: o.cwd, env: o.env, stdio: ['ignore', 'ignore', 'pipe'] });
+  // gRPC off unless asked for (its default port, 8081, would collide between servers run side by side).
+  const child = spawn(process.execPath, o.args, { cwd: o.cwd, env: { OCULAR_GRPC_PORT: 'off', ...o.env }, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr?.on('data', (d: Buffer) => {
     err = (err + d.toString()).slice(-4000);

@@ -58,7 +58,22 @@ export const InputSpecSchema = z.strictObject({
   scale: z.number().positive().default(1 / 255),
   mean: Triple.default([0, 0, 0]),
   std: Triple.default([1, 1, 1]).refine((s) => s.every((v) => v !== 0), 'std must not contain 0'),
-  dtype: z.enum(['float32']).default('float32'),
+  /**
+   * The model's image input type; default: what the model declares (checked where given). float32 and float16 get
+   * the normalisation above (float16 rounded from it in the runner); uint8 gets the pixels as they are, in the layout
+   * and channel order above: scale, mean and std do not apply. A model whose input has no batch dimension
+   * ([3, H, W] or [H, W, 3]) runs one image at a time.
+   */
+  dtype: z.enum(['float32', 'float16', 'uint8']).optional(),
+  /**
+   * Images go to the session as uint8 pixels and the normalisation above (scale, mean, std, layout, channel order)
+   * runs inside the model, in a prefix the loader adds to its graph (core/runner/uint8-prefix.ts): 4 times fewer
+   * bytes to copy to a GPU, and no normalising loop on the inference thread. 'gpu': where the stage's session runs
+   * on a GPU provider (a session that falls back to the CPU gets the float model); 'always'; 'off'. The model's own interface (raw tensors over /v2, /v1/models) stays
+   * float32. A stage that pads its items after normalising with a value no pixel gives (the OCR recogniser) keeps
+   * float input. Default chosen by measurement: docs/PERFORMANCE.md, "uint8 input".
+   */
+  uint8Input: z.enum(['gpu', 'always', 'off']).default('gpu'),
 }).superRefine((spec, ctx) => {
   if (spec.resize.mode === 'shorter-side-center-crop' && spec.resize.shorterSide < Math.max(spec.width, spec.height)) {
     ctx.addIssue({
@@ -72,3 +87,8 @@ export const InputSpecSchema = z.strictObject({
 export type ResizeKernel = z.infer<typeof ResizeKernelSchema>;
 export type Resize = z.infer<typeof ResizeSchema>;
 export type InputSpec = z.infer<typeof InputSpecSchema>;
+
+/** Tensor dims for `n` images of the input spec's nominal size. */
+export function nominalDims(spec: InputSpec, n: number): number[] {
+  return spec.layout === 'NCHW' ? [n, 3, spec.height, spec.width] : [n, spec.height, spec.width, 3];
+}

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import { InputSpecSchema } from './input-spec.js';
+import { PROVIDER_NAMES } from './providers.js';
 
 /**
  * The model manifest: which models to serve and everything about them that is data, not code. Validated by zod
@@ -9,7 +10,7 @@ import { InputSpecSchema } from './input-spec.js';
  * Paths (model sources, label files) are absolute or relative to the manifest's folder: the mounted-volume case.
  */
 
-const ProviderSchema = z.enum(['tensorrt', 'cuda', 'webgpu', 'cpu']);
+const ProviderSchema = z.enum(PROVIDER_NAMES);
 const NameSchema = z
   .string()
   .regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'must be 1-63 of a-z 0-9 . _ - starting with a letter or digit');
@@ -73,12 +74,24 @@ const StageFields = {
   providers: z.array(ProviderSchema).min(1).optional(),
 };
 
+/**
+ * A labels file (one label per line, line i = class i): a path (absolute or relative to the manifest) or an https://
+ * URL, downloaded and cached as model sources are, which must then carry `labelsSha256`. Where the task allows it
+ * (classification, detection, segmentation) it may be left out when the model carries its class names in its ONNX
+ * metadata (Ultralytics' `names`: tasks/labels.ts).
+ */
+const LabelsSchema = SourceSchema;
+const LabelsFields = {
+  labels: LabelsSchema.optional(),
+  labelsSha256: Sha256Schema.optional(),
+};
+
 const ClassificationSchema = z.strictObject({
   name: NameSchema,
   version: z.string().min(1).max(64).default('1'),
   task: z.literal('image-classification'),
   ...StageFields,
-  labels: z.string().min(1),
+  ...LabelsFields,
   /** Output tensor to read; default: the model's only output. */
   output: z.string().min(1).optional(),
   options: z
@@ -97,27 +110,123 @@ const DetectionOptionsSchema = z.strictObject({
   classAgnostic: z.boolean().default(false),
 });
 
+/** Candidates of an end-to-end head are already suppressed; `nms: true` runs Ocular's NMS on them again. */
+const secondNms = z.boolean().default(false);
+
+/**
+ * How a detector's outputs read (docs/MANIFEST.md names the export that produces each). Boxes in input pixels
+ * unless said otherwise; every head's boxes go back through the resize to original-image pixels.
+ */
+export const DetectionHeadSchema = z.discriminatedUnion('type', [
+  /** YOLOX raw head: [N, anchors, 5 + classes], obj and cls sigmoid-ed, grids of `strides`. */
+  z.strictObject({
+    type: z.literal('yolox'),
+    output: z.string().min(1).optional(),
+    strides: z.array(z.number().int().positive()).min(1).default([8, 16, 32]),
+  }),
+  /** SSD-style: scores [N, anchors, classes] (softmax-ed) and boxes [N, anchors, 4] x1y1x2y2 normalised 0..1. */
+  z.strictObject({
+    type: z.literal('ssd'),
+    scoresOutput: z.string().min(1).default('scores'),
+    boxesOutput: z.string().min(1).default('boxes'),
+  }),
+  /**
+   * Ultralytics YOLOv8 / YOLO11 / YOLOv9: [N, 4 + C, A] ('channels-first', the export's own) or [N, A, 4 + C]
+   * ('anchors-first'): cx, cy, w, h, then C class scores, no objectness. 'auto' decides from C at startup.
+   */
+  z.strictObject({
+    type: z.literal('ultralytics'),
+    output: z.string().min(1).optional(),
+    layout: z.enum(['auto', 'channels-first', 'anchors-first']).default('auto'),
+  }),
+  /** YOLOv5 / YOLOv7: [N, A, 5 + C], cx, cy, w, h, objectness, C class scores; score = objectness · class. */
+  z.strictObject({
+    type: z.literal('yolov5'),
+    output: z.string().min(1).optional(),
+  }),
+  /** End-to-end (YOLOv10, Ultralytics nms=True): [N, K, 6] x1, y1, x2, y2, score, class; zero rows are padding. */
+  z.strictObject({
+    type: z.literal('end2end'),
+    output: z.string().min(1).optional(),
+    nms: secondNms,
+  }),
+  /**
+   * End-to-end, one output each: boxes [N, K, 4], scores [N, K], classes [N, K], optional count [N] (TensorFlow's
+   * num_detections). Defaults fit torchvision (xyxy input pixels, classes from 0); TensorFlow's object detection
+   * exports: boxFormat 'yxyx', normalized true, classOffset 1.
+   */
+  z.strictObject({
+    type: z.literal('boxes-scores-classes'),
+    boxesOutput: z.string().min(1).default('boxes'),
+    scoresOutput: z.string().min(1).default('scores'),
+    /** Default: the output named "classes" or "labels". */
+    classesOutput: z.string().min(1).optional(),
+    countOutput: z.string().min(1).optional(),
+    boxFormat: z.enum(['xyxy', 'yxyx']).default('xyxy'),
+    /** Boxes as fractions (0..1) of the input's width and height, not pixels. */
+    normalized: z.boolean().default(false),
+    /** Subtracted from each class the model gives before it indexes the labels (TensorFlow's COCO ids start at 1). */
+    classOffset: z.number().int().min(-1000).max(1000).default(0),
+    nms: secondNms,
+  }),
+  /**
+   * RT-DETR / DETR: [N, Q, 4 + C] (`output`), or `boxesOutput` [N, Q, 4] with `logitsOutput` [N, Q, C]: boxes cx,
+   * cy, w, h normalised 0..1; class logits, 'sigmoid' (RT-DETR: each query and class a candidate) or 'softmax' (DETR:
+   * C + 1 columns, the last "no object"; each query its best class); or 'probabilities', read as they are
+   * (Ultralytics' RT-DETR export applies the sigmoid in its graph).
+   */
+  z.strictObject({
+    type: z.literal('detr'),
+    output: z.string().min(1).optional(),
+    boxesOutput: z.string().min(1).optional(),
+    logitsOutput: z.string().min(1).optional(),
+    scores: z.enum(['sigmoid', 'softmax', 'probabilities']).default('sigmoid'),
+    nms: secondNms,
+  }),
+]);
+
+export type DetectionHead = z.infer<typeof DetectionHeadSchema>;
+
 const DetectionSchema = z.strictObject({
   name: NameSchema,
   version: z.string().min(1).max(64).default('1'),
   task: z.literal('object-detection'),
   ...StageFields,
-  labels: z.string().min(1),
-  head: z.discriminatedUnion('type', [
-    /** YOLOX raw head: [N, anchors, 5 + classes], obj and cls sigmoid-ed, grids of `strides`. */
-    z.strictObject({
-      type: z.literal('yolox'),
-      output: z.string().min(1).optional(),
-      strides: z.array(z.number().int().positive()).min(1).default([8, 16, 32]),
-    }),
-    /** SSD-style: scores [N, anchors, classes] (softmax-ed) and boxes [N, anchors, 4] x1y1x2y2 normalised 0..1. */
-    z.strictObject({
-      type: z.literal('ssd'),
-      scoresOutput: z.string().min(1).default('scores'),
-      boxesOutput: z.string().min(1).default('boxes'),
-    }),
-  ]),
+  ...LabelsFields,
+  head: DetectionHeadSchema,
   options: DetectionOptionsSchema.default(DetectionOptionsSchema.parse({})),
+});
+
+const SegmentationOptionsSchema = z.strictObject({
+  /**
+   * How the class map reaches the original image's size: 'nearest' takes each pixel's class from the model's class
+   * map (argmax at the output's size; cheap); 'bilinear' interpolates the logits at the original size, then takes
+   * the argmax (smoother edges, about C times the work). A class-map output is always 'nearest'.
+   */
+  upsample: z.enum(['nearest', 'bilinear']).default('nearest'),
+  /** Classes covering fewer pixels (at the original size) are left out; a request's min_area overrides it. */
+  minArea: z.number().int().min(0).default(0),
+});
+
+/**
+ * Semantic segmentation: one class per pixel. The output is per-class logits ([N,H,W,C] for NHWC, [N,C,H,W] for
+ * NCHW; C = lines of the labels file) or a class map ([N,H,W] or [N,1,H,W] of class indices); H and W need not be
+ * the input's.
+ */
+const SegmentationSchema = z.strictObject({
+  name: NameSchema,
+  version: z.string().min(1).max(64).default('1'),
+  task: z.literal('semantic-segmentation'),
+  ...StageFields,
+  ...LabelsFields,
+  output: z
+    .strictObject({
+      /** Output tensor to read; default: the model's only output. */
+      name: z.string().min(1).optional(),
+      layout: z.enum(['NHWC', 'NCHW', 'class-map']).default('NCHW'),
+    })
+    .default({ layout: 'NCHW' }),
+  options: SegmentationOptionsSchema.default(SegmentationOptionsSchema.parse({})),
 });
 
 const OcrOptionsSchema = z.strictObject({
@@ -127,6 +236,42 @@ const OcrOptionsSchema = z.strictObject({
   maxCandidates: z.number().int().min(1).max(10_000).default(1000),
   /** Lines whose recognition score is below this are left out. */
   minTextScore: z.number().min(0).max(1).default(0.5),
+});
+
+/** Strictly ascending, so that the smallest bucket holding an item is the first that does. */
+const ascending = (sides: readonly number[]): boolean => sides.every((s, i) => i === 0 || s > (sides[i - 1] as number));
+
+/**
+ * GPU-ready OCR: the detector's input sizes and the recogniser's crop widths run at a few fixed sizes (buckets), so a
+ * session sees a bounded set of input shapes whatever the photos. 'gpu' (default): on a stage whose session runs
+ * mostly on a GPU provider, as padBatches (onnxruntime's CUDA provider re-plans its convolutions for every new input
+ * shape); 'always'; 'off'. On the CPU provider buckets cost the padding's compute and save nothing measurable
+ * (docs/PERFORMANCE.md, "OCR size buckets").
+ */
+const ShapeBucketsSchema = z.strictObject({
+  mode: z.enum(['gpu', 'always', 'off']).default('gpu'),
+  /**
+   * Detector bucket sides (each used as a width and as a height: every pair is a bucket), multiples of 32, ascending;
+   * the largest must hold the largest limit-round32 side. Default: the sides a 16:9, a 4:3 and a square photo get
+   * ([544, 704, 960] for limitSideLen 960). Buckets need limitType 'max' (with 'min' sizes have no upper bound).
+   */
+  detectorSides: z
+    .array(z.number().int().min(32).max(16384).multipleOf(32))
+    .min(1)
+    .max(8)
+    .refine(ascending, 'must be ascending')
+    .optional(),
+  /**
+   * Recogniser bucket widths, ascending; the largest must be at least recognizer.input.width (the widest crop).
+   * Default: 320 (every batch is at least that wide, as in PaddleOCR), then 1/2, 2/3 and all of the widest crop,
+   * rounded up to multiples of 8 ([320, 480, 640, 960]).
+   */
+  recognizerWidths: z
+    .array(z.number().int().min(8).max(16384))
+    .min(1)
+    .max(16)
+    .refine(ascending, 'must be ascending')
+    .optional(),
 });
 
 const OcrSchema = z.strictObject({
@@ -139,8 +284,9 @@ const OcrSchema = z.strictObject({
    * Line recogniser (CTC). input.height is the line height (48); input.width is the widest crop, in pixels:
    * wider lines are squeezed to it. Crops in one batch are padded to the batch's widest.
    */
-  recognizer: z.strictObject({ ...StageFields, labels: z.string().min(1) }),
+  recognizer: z.strictObject({ ...StageFields, labels: LabelsSchema, labelsSha256: Sha256Schema.optional() }),
   options: OcrOptionsSchema.default(OcrOptionsSchema.parse({})),
+  shapeBuckets: ShapeBucketsSchema.default(ShapeBucketsSchema.parse({})),
 });
 
 /**
@@ -161,7 +307,13 @@ const TensorSchema = z.strictObject({
   warmupShapes: z.record(z.string(), z.array(z.number().int().positive()).min(1).max(16)).optional(),
 });
 
-export const ModelEntrySchema = z.discriminatedUnion('task', [ClassificationSchema, DetectionSchema, OcrSchema, TensorSchema]);
+export const ModelEntrySchema = z.discriminatedUnion('task', [
+  ClassificationSchema,
+  DetectionSchema,
+  SegmentationSchema,
+  OcrSchema,
+  TensorSchema,
+]);
 
 export const ManifestSchema = z
   .strictObject({
@@ -176,10 +328,18 @@ export const ManifestSchema = z
       }
       seen.add(model.name);
       const stages = model.task === 'ocr' ? { detector: model.detector, recognizer: model.recognizer } : { '': model };
+      const isUrl = (s: string | undefined): boolean => s !== undefined && (s.startsWith('https://') || s.startsWith('http://'));
       for (const [key, stage] of Object.entries(stages)) {
-        if ((stage.source.startsWith('https://') || stage.source.startsWith('http://')) && stage.sha256 === undefined) {
+        if (isUrl(stage.source) && stage.sha256 === undefined) {
           const path = key === '' ? ['models', i, 'sha256'] : ['models', i, key, 'sha256'];
           ctx.addIssue({ code: 'custom', path, message: 'a URL source must carry a sha256' });
+        }
+      }
+      const labelled = model.task === 'ocr' ? { recognizer: model.recognizer } : model.task === 'tensor' ? {} : { '': model };
+      for (const [key, entry] of Object.entries(labelled)) {
+        if (isUrl(entry.labels) && entry.labelsSha256 === undefined) {
+          const path = key === '' ? ['models', i, 'labelsSha256'] : ['models', i, key, 'labelsSha256'];
+          ctx.addIssue({ code: 'custom', path, message: 'a URL labels file must carry a labelsSha256' });
         }
       }
     });
@@ -189,13 +349,14 @@ export type Manifest = z.infer<typeof ManifestSchema>;
 export type ModelEntry = z.infer<typeof ModelEntrySchema>;
 export type ClassificationEntry = z.infer<typeof ClassificationSchema>;
 export type DetectionEntry = z.infer<typeof DetectionSchema>;
+export type SegmentationEntry = z.infer<typeof SegmentationSchema>;
 export type OcrEntry = z.infer<typeof OcrSchema>;
+export type ShapeBuckets = z.infer<typeof ShapeBucketsSchema>;
 export type TensorEntry = z.infer<typeof TensorSchema>;
 export type Batching = z.infer<typeof BatchingSchema>;
-export type StageEntry = Pick<
-  ClassificationEntry,
-  'source' | 'sha256' | 'maxDownloadBytes' | 'input' | 'batching' | 'instances' | 'providers'
->;
+/** What one stage is built from; no `input` for a model served as raw tensors only (it takes no images). */
+export type StageEntry = Pick<ClassificationEntry, 'source' | 'sha256' | 'maxDownloadBytes' | 'batching' | 'instances' | 'providers'> &
+  Partial<Pick<ClassificationEntry, 'input'>>;
 export type Task = ModelEntry['task'];
 
 export class ManifestError extends Error {

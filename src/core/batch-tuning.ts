@@ -4,10 +4,8 @@
  * CPU_TOLERANCE).
  *
  * Why: a larger batch is not always cheaper per image. On a GPU it nearly always is (one kernel launch for many
- * images); on the CPU provider it often is not: on the 2-core development machine, with one intra-op thread,
- * yolox-nano served 17 % fewer requests at batch 8 than at batch 1 under 16 connections, and mobilenetv2-12-int8
- * gained nothing past batch 2 (docs/PERFORMANCE.md). Batching past the cheapest size then costs throughput and
- * adds latency. The manifest's maxBatchSize stays the upper bound; the
+ * images); on the CPU provider it often is not (docs/PERFORMANCE.md). Batching past the cheapest size then costs
+ * throughput and adds latency. The manifest's maxBatchSize stays the upper bound; the
  * tuned limit is reported in /v1/models and in the logs.
  *
  * Measurement: every size is run once untimed (onnxruntime allocates per shape on the first run), then timed in
@@ -37,8 +35,7 @@ export const DEFAULT_TOLERANCE = 0.05;
 /**
  * On the CPU provider a larger batch must be more than 15 % cheaper per image at warm-up to be chosen. Warm-up times
  * the model alone on idle cores; in service the same cores decode images at the same time, and there a larger
- * batch loses more than the warm-up shows: yolox-nano measured 8 % cheaper per image at batch 8 than at 1 during
- * warm-up, and served 17 % fewer requests at batch 8 than at batch 1 under 16 connections (docs/PERFORMANCE.md).
+ * batch loses more than the warm-up shows (docs/PERFORMANCE.md).
  */
 export const CPU_TOLERANCE = 0.15;
 
@@ -100,10 +97,9 @@ export async function tuneBatchSize(opts: TuneOptions): Promise<BatchTuning> {
 
 /**
  * Whether a stage pads every batch to its batch limit (manifest `batching.padBatches`). 'gpu' pads where the session
- * runs mostly on a GPU provider: there a new input shape costs a rebuild (onnxruntime's CUDA provider re-plans its
- * cuDNN convolutions whenever the input dims change) and padding rows cost little, while on the CPU every padding
- * row costs its full share of compute. A session that put most of its nodes on the CPU (an int8 model's quantized
- * operators under CUDA) counts as CPU. Node counts may be empty (profiling failed): then the provider decides.
+ * runs mostly on a GPU provider (runsMostlyOnGpu): there a new input shape costs a rebuild (onnxruntime's CUDA
+ * provider re-plans its cuDNN convolutions whenever the input dims change) and padding rows cost little, while on
+ * the CPU every padding row costs its full share of compute.
  */
 export function shouldPadBatches(
   mode: BatchPaddingMode,
@@ -112,7 +108,24 @@ export function shouldPadBatches(
   maxBatchSize: number,
 ): boolean {
   if (maxBatchSize <= 1 || mode === 'off') return false;
-  if (mode === 'always') return true;
+  return mode === 'always' || runsMostlyOnGpu(provider, nodeCounts);
+}
+
+/**
+ * Whether a stage of varying input sizes runs its batches at size buckets (an OCR model's `shapeBuckets`), by the
+ * same rule as padBatches: 'gpu' where the session runs mostly on a GPU provider, 'always', 'off'.
+ */
+export function shouldBucket(mode: BatchPaddingMode, provider: string, nodeCounts: Readonly<Record<string, number>>): boolean {
+  if (mode === 'off') return false;
+  return mode === 'always' || runsMostlyOnGpu(provider, nodeCounts);
+}
+
+/**
+ * A session on a GPU provider with at least half of its nodes there. One that put most of its nodes on the CPU (an
+ * int8 model's quantized operators under CUDA) counts as CPU. Node counts may be empty (profiling failed): then the
+ * provider decides.
+ */
+export function runsMostlyOnGpu(provider: string, nodeCounts: Readonly<Record<string, number>>): boolean {
   if (provider === 'cpu') return false;
   let cpu = 0;
   let total = 0;

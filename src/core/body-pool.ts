@@ -3,8 +3,7 @@
  *
  * Why: each raw image body used to be a fresh buffer (Fastify concatenates the socket's chunks into a new one per
  * request). Large ArrayBuffers are external memory to V8, and their churn starts mark-compacts on the main
- * thread, pauses the event loop: 180 kB bodies at 83 req/s, refused before any decoding, caused 25 mark-compacts in
- * 10 s with the concatenation and 14 when copied into one reused buffer (docs/PERFORMANCE.md).
+ * thread and pause the event loop; reused buffers cause fewer of them (docs/PERFORMANCE.md).
  *
  * Buffers come in power-of-two classes from `minBytes` to `maxBytes`; larger bodies get a buffer of their own. At
  * most `maxFreePerClass` free buffers are kept per class, so what the pool holds is bounded (8 per class from
@@ -32,6 +31,8 @@ export class BodyPool {
   private readonly maxFreePerClass: number;
   /** Free buffers by capacity. */
   private readonly free = new Map<number, ArrayBuffer[]>();
+  private lent = 0;
+  private closed = false;
 
   constructor(opts: BodyPoolOptions = {}) {
     this.minBytes = opts.minBytes ?? 64 * 1024;
@@ -56,19 +57,32 @@ export class BodyPool {
   acquire(size: number): PooledBuffer {
     if (!(Number.isInteger(size) && size >= 0)) throw new RangeError(`a body size must be a whole number of bytes, got ${size}`);
     const capacity = this.capacityFor(size);
-    if (capacity === undefined) return { buffer: Buffer.allocUnsafeSlow(size), release: () => {} };
-    const memory = this.free.get(capacity)?.pop() ?? new ArrayBuffer(capacity);
+    const memory = capacity === undefined ? undefined : (this.free.get(capacity)?.pop() ?? new ArrayBuffer(capacity));
+    this.lent++;
     let released = false;
     return {
-      buffer: Buffer.from(memory, 0, size),
+      buffer: memory === undefined ? Buffer.allocUnsafeSlow(size) : Buffer.from(memory, 0, size),
       release: () => {
         if (released) return;
         released = true;
+        this.lent--;
+        if (memory === undefined || capacity === undefined || this.closed) return;
         const list = this.free.get(capacity) ?? [];
         if (list.length < this.maxFreePerClass) list.push(memory);
         this.free.set(capacity, list);
       },
     };
+  }
+
+  /** Buffers handed out and not yet released, pooled or not: 0 once every owner has given its buffer back. */
+  get inUse(): number {
+    return this.lent;
+  }
+
+  /** Drops the free buffers and keeps none released from now on (the app closing). */
+  close(): void {
+    this.closed = true;
+    this.free.clear();
   }
 
   /** Bytes held in free buffers. */

@@ -1,5 +1,6 @@
 import type { InputSpec } from '../config/input-spec.js';
 import type { TensorMeta } from './types.js';
+import { IMAGE_INPUT_TYPES, isImageInputType } from './runner/image-feed.js';
 
 /**
  * Checks a manifest's view of a model against the session's own metadata, so that a wrong size, layout, name or
@@ -46,14 +47,22 @@ export function checkImageInput(
     }
     input = inputs[0] as TensorMeta;
   }
-  if (input.type !== 'float32') {
-    throw new ModelCheckError(model, `${field}.dtype`, `the model's input "${input.name}" is ${input.type}, not float32`);
+  if (!isImageInputType(input.type)) {
+    throw new ModelCheckError(
+      model,
+      `${field}.dtype`,
+      `the model's input "${input.name}" is ${input.type}; an image input may be ${IMAGE_INPUT_TYPES.join(', ')}`,
+    );
   }
+  if (spec.dtype !== undefined && spec.dtype !== input.type) {
+    throw new ModelCheckError(model, `${field}.dtype`, `the manifest says ${spec.dtype}, the model's input "${input.name}" is ${input.type}`);
+  }
+  // A model without a batch dimension is reported with one of 1 (runner/image-feed.ts): rank 4 here either way.
   if (input.shape.length !== 4) {
     throw new ModelCheckError(
       model,
       `${field}.layout`,
-      `the model's input "${input.name}" has rank ${input.shape.length} ([${input.shape.join(',')}]), an image input has rank 4`,
+      `the model's input "${input.name}" has rank ${input.shape.length} ([${input.shape.join(',')}]), an image input has rank 4 (or 3 without a batch dimension)`,
     );
   }
   const [n, a, b, c] = input.shape as [number, number, number, number];

@@ -1,20 +1,13 @@
-import { readFile } from 'node:fs/promises';
 import type { Config } from '../config/config.js';
-import { intraOpThreadsOf } from '../config/config.js';
-import { loadManifest, type LoadedManifest, type ModelEntry, type StageEntry, type Task } from '../config/manifest.js';
-import { OcularError } from '../errors.js';
-import { createClassificationPipeline } from '../tasks/classification/pipeline.js';
-import { createDetectionPipeline } from '../tasks/detection/pipeline.js';
-import { createOcrPipeline } from '../tasks/ocr/pipeline.js';
-import { createTensorPipeline } from '../tasks/tensor/pipeline.js';
-import { nominalDims, type PipelineDeps, type TaskPipeline } from '../tasks/pipeline.js';
-import { prepareImage, type DecodeLimits, type ImagePreparer } from '../tasks/preprocess/image.js';
-import type { BatchPaddingMode, BatchTuningMode } from './batch-tuning.js';
-import { resolveProviders } from './runner/providers.js';
-import { Stage, type Logger } from './stage.js';
-import { isHttpSource, resolveSource } from './source.js';
-import type { Telemetry } from './telemetry.js';
-import type { ProviderName, TensorMeta } from './types.js';
+import { loadManifest, type LoadedManifest, type ModelEntry } from '../config/manifest.js';
+import { OcularError, modelNotFound } from '../errors.js';
+import { ModelHandle, type ModelState } from './model-handle.js';
+import { fingerprintOf, localFilesOf } from './model-files.js';
+import type { PipelineDeps, PipelineFactory, TaskPipeline } from './task-pipeline.js';
+import { prepareImage, type DecodeLimits, type ImagePreparer } from './preprocess/image.js';
+import type { Stage } from './stage.js';
+import { StageLoader, type StageLoaderOptions } from './stage-loader.js';
+
 
 /**
  * Model lifecycle (after Triton's model states): every model in the manifest starts LOADING; loading fetches and
@@ -28,145 +21,20 @@ import type { ProviderName, TensorMeta } from './types.js';
  * a lease on the version they acquired; the old version is released (batchers drained, sessions and workers
  * closed) once its leases are back to 0, or after the grace period. A failed load leaves the old version serving,
  * with the failure as its `reason`. Lifecycle operations (load, unload, manifest reload) run one at a time.
+ *
+ * What counts as a change is the entry's fingerprint (model-files.ts): the manifest entry and the content hashes
+ * of its model and label files. A reload of a model whose fingerprint is unchanged does nothing (the repository
+ * API can force one); a file replaced in place under an unchanged entry is a change.
  */
 
-export type ModelState = 'LOADING' | 'READY' | 'UNAVAILABLE';
-
-export interface StageDescription {
-  stage: string;
-  provider: ProviderName;
-  requestedProviders: ProviderName[];
-  fallbackReason?: string;
-  nodeCounts: Record<string, number>;
-  instances: number;
-  inputs: TensorMeta[];
-  outputs: TensorMeta[];
-  batching: {
-    /** The manifest's upper bound. */
-    maxBatchSize: number;
-    /** The largest batch formed: maxBatchSize, or the size warm-up tuning chose. */
-    batchLimit: number;
-    maxQueueDelayMs: number;
-    maxQueueSize: number;
-    timeoutMs: number;
-    tune: BatchTuningMode;
-    padBatches: BatchPaddingMode;
-    /** Every run is padded to batchLimit rows (padBatches applies to this stage's provider and node placement). */
-    padded: boolean;
-    /** Per-image time of one batch at each size tried, when the stage was tuned. */
-    tuning?: { tolerance: number; perImageMs: { size: number; ms: number }[] };
-  };
-}
-
-export interface ModelDescription {
-  name: string;
-  version: string;
-  task: Task;
-  state: ModelState;
-  reason?: string;
-  /** The provider of the model's (first) stage. */
-  provider?: ProviderName;
-  loadSeconds?: number;
-  stages: StageDescription[];
-}
-
-export class ModelHandle {
-  state: ModelState = 'LOADING';
-  reason: string | undefined;
-  pipeline: TaskPipeline | undefined;
-  loadSeconds: number | undefined;
-  readonly stages: Stage[] = [];
-  /** Requests that acquired this version and have not released it yet. */
-  leases = 0;
-  private idleWaiters: (() => void)[] = [];
-
-  constructor(readonly entry: ModelEntry) {}
-
-  release(): void {
-    if (this.leases > 0) this.leases--;
-    if (this.leases === 0) for (const w of this.idleWaiters.splice(0)) w();
-  }
-
-  /** Resolves true once no request holds this version, false if `timeoutMs` passes first. */
-  whenIdle(timeoutMs: number): Promise<boolean> {
-    if (this.leases === 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs);
-      timer.unref();
-      this.idleWaiters.push(() => {
-        clearTimeout(timer);
-        resolve(true);
-      });
-    });
-  }
-
-  get name(): string {
-    return this.entry.name;
-  }
-
-  get version(): string {
-    return this.entry.version;
-  }
-
-  /** Requests queued or running on this model. */
-  get depth(): number {
-    return this.stages.reduce((n, s) => n + s.batcher.depth, 0);
-  }
-
-  describe(): ModelDescription {
-    const stages = this.stages.map((s) => ({
-      stage: s.name,
-      provider: s.pool.info.provider,
-      requestedProviders: s.pool.info.requestedProviders,
-      ...(s.pool.info.fallbackReason !== undefined ? { fallbackReason: s.pool.info.fallbackReason } : {}),
-      nodeCounts: s.pool.info.nodeCounts,
-      instances: s.pool.instances,
-      inputs: s.pool.info.inputs,
-      outputs: s.pool.info.outputs,
-      batching: {
-        maxBatchSize: s.batching.maxBatchSize,
-        batchLimit: s.batchLimit,
-        maxQueueDelayMs: s.batching.maxQueueDelayMs,
-        maxQueueSize: s.batching.maxQueueSize,
-        timeoutMs: s.batching.timeoutMs,
-        tune: s.batching.tune,
-        padBatches: s.batching.padBatches,
-        padded: s.padsBatches,
-        ...(s.tuning !== undefined && {
-          tuning: {
-            tolerance: s.tuning.tolerance,
-            perImageMs: s.tuning.timings.map((t) => ({ size: t.size, ms: Math.round(t.perImageMs * 1000) / 1000 })),
-          },
-        }),
-      },
-    }));
-    const provider = stages[0]?.provider;
-    return {
-      name: this.name,
-      version: this.version,
-      task: this.entry.task,
-      state: this.state,
-      ...(this.reason !== undefined ? { reason: this.reason } : {}),
-      ...(provider !== undefined ? { provider } : {}),
-      ...(this.loadSeconds !== undefined ? { loadSeconds: this.loadSeconds } : {}),
-      stages,
-    };
-  }
-}
-
-export interface RegistryOptions {
+export interface RegistryOptions<Pipeline extends TaskPipeline = TaskPipeline> extends StageLoaderOptions {
   manifest: LoadedManifest;
-  config: Pick<
-    Config,
-    'device' | 'providers' | 'gpuDeviceId' | 'cacheDir' | 'intraOpThreads' | 'computeNice' | 'requestTimeoutMs' | 'maxInputPixels' | 'imageFormats'
-  > &
-    Partial<Pick<Config, 'shutdownGraceMs' | 'sourceCaFile' | 'downloadStallMs' | 'allowHttpSources'>>;
-  logger: Logger;
-  telemetry: Telemetry;
+  config: StageLoaderOptions['config'] & Pick<Config, 'maxInputPixels' | 'imageFormats'> &
+    Partial<Pick<Config, 'shutdownGraceMs' | 'maxJpegScans' | 'decodeTimeoutMs'>>;
+  /** Builds a model's task pipeline (src/tasks/index.ts): core knows no task. */
+  createPipeline: PipelineFactory<Pipeline>;
   /** Prepares images for classification and detection stages; default prepareImage in this process. */
   prepare?: ImagePreparer;
-  /** Called on a fatal device error at run time (main exits non-zero so the orchestrator restarts the pod). */
-  onFatal?: ((err: Error) => void) | undefined;
 }
 
 export class ModelLoadError extends Error {
@@ -177,6 +45,12 @@ export class ModelLoadError extends Error {
     super(`model "${model}" failed to load: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
     this.name = 'ModelLoadError';
   }
+}
+
+/** What a repository load did: built and switched to a new version, or found nothing changed. */
+export interface LoadOutcome<Pipeline extends TaskPipeline = TaskPipeline> {
+  handle: ModelHandle<Pipeline>;
+  changed: boolean;
 }
 
 /** What a manifest reload did, per model name. */
@@ -194,10 +68,24 @@ export interface IndexEntry {
   reason?: string;
 }
 
-export class ModelRegistry {
-  private readonly models = new Map<string, ModelHandle>();
+/** Readiness and, per model of the manifest, why it counts against it (or why it does not). */
+export interface Readiness {
+  ready: boolean;
+  /** Why not ready, in one line (absent when ready). */
+  reason?: string;
+  models: (IndexEntry & { unloadedOnPurpose?: true })[];
+}
+
+/** `Pipeline`: what the task factory builds (PipelineFactory), which acquire() hands to the routes as it is. */
+export class ModelRegistry<Pipeline extends TaskPipeline = TaskPipeline> {
+  private readonly models = new Map<string, ModelHandle<Pipeline>>();
   /** Models unloaded through the repository API (or dropped from the manifest), for the repository index. */
   private readonly unloaded = new Map<string, IndexEntry>();
+  /**
+   * Models of the manifest an operator unloaded on purpose (repository unload): they do not count against
+   * readiness, as long as some model is still served. A reload of the manifest or a load forgets them.
+   */
+  private readonly unloadedOnPurpose = new Set<string>();
   /** Every stage created and not yet closed, whatever version it belongs to. */
   private readonly liveStages = new Set<Stage>();
   /** Lifecycle operations, one at a time. */
@@ -205,22 +93,24 @@ export class ModelRegistry {
   private manifest: LoadedManifest;
   private draining = false;
   private closed: Promise<void> | undefined;
-  /** http:// sources already warned about: once per source for the process, not at every reload. */
-  private readonly httpSourcesWarned = new Set<string>();
+  private readonly stageLoader: StageLoader;
   readonly limits: DecodeLimits;
   readonly prepare: ImagePreparer;
 
-  constructor(private readonly opts: RegistryOptions) {
+  constructor(private readonly opts: RegistryOptions<Pipeline>) {
     this.prepare = opts.prepare ?? prepareImage;
+    this.stageLoader = new StageLoader(opts);
     this.manifest = opts.manifest;
-    for (const entry of opts.manifest.manifest.models) this.models.set(entry.name, new ModelHandle(entry));
+    for (const entry of opts.manifest.manifest.models) this.models.set(entry.name, new ModelHandle<Pipeline>(entry));
     this.limits = {
       maxInputPixels: opts.config.maxInputPixels,
       allowedFormats: new Set(opts.config.imageFormats),
+      maxJpegScans: opts.config.maxJpegScans,
+      decodeTimeoutMs: opts.config.decodeTimeoutMs,
     };
   }
 
-  list(): ModelHandle[] {
+  list(): ModelHandle<Pipeline>[] {
     return [...this.models.values()];
   }
 
@@ -229,7 +119,7 @@ export class ModelRegistry {
   }
 
   /** The version a name serves now (whatever its state), or undefined. */
-  get(name: string): ModelHandle | undefined {
+  get(name: string): ModelHandle<Pipeline> | undefined {
     return this.models.get(name);
   }
 
@@ -238,18 +128,18 @@ export class ModelRegistry {
    * version it got and must `release` it once its work is done (the old version of a reloaded model is closed
    * only when its leases are back to 0).
    */
-  acquire(name: string): ModelHandle & { pipeline: TaskPipeline } {
+  acquire(name: string): ModelHandle<Pipeline> & { pipeline: Pipeline } {
     const handle = this.models.get(name);
-    if (handle === undefined) throw new OcularError('MODEL_NOT_FOUND', `no model named "${name.slice(0, 64)}" is served`);
+    if (handle === undefined) throw modelNotFound(name, [...this.models.keys()]);
     if (this.draining) throw new OcularError('DRAINING');
     if (handle.state !== 'READY' || handle.pipeline === undefined) {
       throw new OcularError('MODEL_NOT_READY', `model "${name}" is ${handle.state}`);
     }
     handle.leases++;
-    return handle as ModelHandle & { pipeline: TaskPipeline };
+    return handle as ModelHandle<Pipeline> & { pipeline: Pipeline };
   }
 
-  release(handle: ModelHandle): void {
+  release(handle: ModelHandle<Pipeline>): void {
     handle.release();
   }
 
@@ -284,9 +174,32 @@ export class ModelRegistry {
     return this.draining;
   }
 
-  /** Every model READY and not draining. */
+  /** Ready: not draining, and every model of the manifest READY, bar those an operator unloaded on purpose. */
   get ready(): boolean {
-    return !this.draining && this.list().every((m) => m.state === 'READY');
+    return this.readiness().ready;
+  }
+
+  /**
+   * Readiness, with its reason: not ready while draining, while any model of the manifest is LOADING or
+   * UNAVAILABLE (its reason given), or while a model an operator unloaded on purpose left nothing served. A
+   * model unloaded on purpose is listed as such and does not count against readiness otherwise.
+   */
+  readiness(): Readiness {
+    const served = this.list();
+    const onPurpose = [...this.unloadedOnPurpose].flatMap((name) => {
+      const e = this.unloaded.get(name);
+      return e !== undefined ? [{ ...e, unloadedOnPurpose: true as const }] : [];
+    });
+    const models = [
+      ...served.map((m) => ({ name: m.name, version: m.version, state: m.state, ...(m.reason !== undefined ? { reason: m.reason } : {}) })),
+      ...onPurpose,
+    ].sort((a, b) => a.name.localeCompare(b.name));
+    const notReady = served.filter((m) => m.state !== 'READY').map((m) => `${m.name} is ${m.state}`);
+    let reason: string | undefined;
+    if (this.draining) reason = 'draining';
+    else if (notReady.length > 0) reason = notReady.join('; ');
+    else if (onPurpose.length > 0 && served.length === 0) reason = 'every model was unloaded on purpose: none is served';
+    return { ready: reason === undefined, ...(reason !== undefined ? { reason } : {}), models };
   }
 
   /**
@@ -324,6 +237,8 @@ export class ModelRegistry {
       const loaded = await loadManifest(this.manifest.path);
       this.manifest = loaded;
       const report: ReloadReport = { loaded: [], unchanged: [], unloaded: [], failed: [] };
+      // The manifest as it is now says what is served: an earlier unload on purpose is forgotten.
+      this.unloadedOnPurpose.clear();
       const names = new Set(loaded.manifest.models.map((m) => m.name));
       for (const name of [...this.models.keys()]) {
         if (!names.has(name)) {
@@ -346,9 +261,10 @@ export class ModelRegistry {
 
   /**
    * Loads (or reloads) one model from the manifest file as it is now (the repository API). Resolves once the
-   * version is READY and serving; rejects with the reason when it fails, the old version still serving.
+   * version is READY and serving, with `changed: false` when it already served that fingerprint (nothing done,
+   * unless `force`); rejects with the reason when it fails, the old version still serving.
    */
-  loadModel(name: string): Promise<ModelHandle> {
+  loadModel(name: string, opts: { force?: boolean } = {}): Promise<LoadOutcome<Pipeline>> {
     return this.serial(async () => {
       const loaded = await loadManifest(this.manifest.path);
       const entry = loaded.manifest.models.find((m) => m.name === name);
@@ -356,15 +272,19 @@ export class ModelRegistry {
         throw new OcularError('MODEL_NOT_FOUND', `no model named "${name.slice(0, 64)}" in the manifest ${this.manifest.path}`);
       }
       this.manifest = { ...this.manifest, baseDir: loaded.baseDir };
-      await this.applyEntry(entry);
-      return this.models.get(name) as ModelHandle;
+      const changed = await this.applyEntry(entry, opts.force === true);
+      return { handle: this.models.get(name) as ModelHandle<Pipeline>, changed };
     });
   }
 
-  /** Stops serving a model: new requests get 404; requests in flight finish; then its sessions are released. */
+  /**
+   * Stops serving a model on an operator's request: new requests get 404; requests in flight finish; then its
+   * sessions are released. It then no longer counts against readiness (see readiness()).
+   */
   unloadModel(name: string): Promise<void> {
     return this.serial(async () => {
-      if (!this.models.has(name)) throw new OcularError('MODEL_NOT_FOUND', `no model named "${name.slice(0, 64)}" is served`);
+      if (!this.models.has(name)) throw modelNotFound(name, [...this.models.keys()]);
+      this.unloadedOnPurpose.add(name);
       await this.unloadNow(name, 'unloaded');
     });
   }
@@ -379,25 +299,34 @@ export class ModelRegistry {
     await this.retire(handle);
   }
 
+  /** Absolute paths of the local model and label files of every model the manifest lists (for the file watch). */
+  localFiles(): string[] {
+    return [...new Set(this.manifest.manifest.models.flatMap((m) => localFilesOf(m, this.manifest.baseDir).map((f) => f.path)))];
+  }
+
   /**
-   * Brings a model to `entry`. Returns false when it already serves exactly that entry. A model not READY is
-   * replaced in place; a READY one gets the new version beside the old and switches when it is ready.
+   * Brings a model to `entry`. Returns false when it already serves that fingerprint (the entry and its files'
+   * contents) and `force` is not set. A model not READY is replaced in place; a READY one gets the new version
+   * beside the old and switches when it is ready.
    */
-  private async applyEntry(entry: ModelEntry): Promise<boolean> {
+  private async applyEntry(entry: ModelEntry, force = false): Promise<boolean> {
     const current = this.models.get(entry.name);
-    if (current !== undefined && current.state === 'READY' && JSON.stringify(current.entry) === JSON.stringify(entry)) {
+    // A file that cannot be hashed is not "unchanged": the load below fails and says why.
+    const fingerprint = await fingerprintOf(entry, this.manifest.baseDir).catch(() => undefined);
+    if (!force && current?.state === 'READY' && fingerprint !== undefined && current.fingerprint === fingerprint) {
       return false;
     }
-    const fresh = new ModelHandle(entry);
+    const fresh = new ModelHandle<Pipeline>(entry);
     this.unloaded.delete(entry.name);
+    this.unloadedOnPurpose.delete(entry.name);
     if (current === undefined || current.state !== 'READY') {
       this.models.set(entry.name, fresh);
       if (current !== undefined) await this.retire(current);
-      await this.load(fresh);
+      await this.load(fresh, fingerprint);
       return true;
     }
     try {
-      await this.load(fresh);
+      await this.load(fresh, fingerprint);
     } catch (err) {
       current.reason = `loading version ${entry.version} failed, version ${current.version} still serving: ${
         err instanceof Error ? err.message : String(err)
@@ -413,7 +342,7 @@ export class ModelRegistry {
   }
 
   /** Waits for the requests holding an old version, then drains and closes its stages. */
-  private async retire(handle: ModelHandle): Promise<void> {
+  private async retire(handle: ModelHandle<Pipeline>): Promise<void> {
     const graceMs = this.opts.config.shutdownGraceMs ?? 25_000;
     const idle = await handle.whenIdle(graceMs);
     if (!idle) {
@@ -432,7 +361,8 @@ export class ModelRegistry {
     }
   }
 
-  private async load(handle: ModelHandle): Promise<void> {
+  /** `fingerprint`: the entry's, when the caller has just computed it. */
+  private async load(handle: ModelHandle<Pipeline>, fingerprint?: string): Promise<void> {
     const { logger, telemetry } = this.opts;
     const started = performance.now();
     handle.state = 'LOADING';
@@ -442,20 +372,23 @@ export class ModelRegistry {
     const requested: string[] = [];
     const rank = (stage: Stage): number => requested.indexOf(stage.name === 'main' ? '' : stage.name);
     try {
+      // Before anything is built: a missing file fails here, in one line naming the entry, the field and the path.
+      handle.fingerprint = fingerprint ?? (await fingerprintOf(handle.entry, this.manifest.baseDir));
       const deps: PipelineDeps = {
         baseDir: this.manifest.baseDir,
         limits: this.limits,
         prepare: this.prepare,
         createStage: async (field, stageEntry, request) => {
           requested.push(field);
-          const stage = await this.createStage(handle, field, stageEntry, request.shapePolicy, request.warmupDims);
+          const stage = await this.stageLoader.create(this.manifest.baseDir, handle, field, stageEntry, request);
           handle.stages.push(stage);
           handle.stages.sort((a, b) => rank(a) - rank(b));
           this.liveStages.add(stage);
           return stage;
         },
+        resolveFile: (source, sha256) => this.stageLoader.resolveFile(this.manifest.baseDir, source, sha256),
       };
-      const pipeline = await createPipeline(handle.entry, deps);
+      const pipeline = await this.opts.createPipeline(handle.entry, deps);
       await pipeline.warmup();
       handle.pipeline = pipeline;
       handle.loadSeconds = (performance.now() - started) / 1000;
@@ -473,6 +406,7 @@ export class ModelRegistry {
             maxBatchSize: s.maxBatchSize,
             batchLimit: s.batchLimit,
             padded: s.padsBatches,
+            uint8Input: s.pool.info.uint8Input,
             ...(s.tuning !== undefined && { batchTuning: s.tuning.timings }),
           },
           'model stage ready',
@@ -489,65 +423,6 @@ export class ModelRegistry {
     }
   }
 
-  private async createStage(
-    handle: ModelHandle,
-    field: string,
-    entry: StageEntry,
-    shapePolicy: 'fixed' | 'same-size' | 'pad-width',
-    warmupDims?: number[],
-  ): Promise<Stage> {
-    const { config, logger, telemetry } = this.opts;
-    const allowHttp = config.allowHttpSources === true;
-    if (allowHttp && isHttpSource(entry.source) && !this.httpSourcesWarned.has(entry.source)) {
-      this.httpSourcesWarned.add(entry.source);
-      logger.warn(
-        { model: handle.name, source: entry.source },
-        'model source is plain http (allowed by OCULAR_ALLOW_HTTP_SOURCES): only its sha256 protects it',
-      );
-    }
-    // Without the option an http:// source fails here, and the model's load error names the model and the option.
-    const modelPath = await resolveSource(entry.source, {
-      baseDir: this.manifest.baseDir,
-      cacheDir: config.cacheDir,
-      sha256: entry.sha256,
-      maxBytes: entry.maxDownloadBytes,
-      // Extra CAs (a private model store's) and the stall limit come from the configuration.
-      ...(config.sourceCaFile !== undefined && { ca: await readFile(config.sourceCaFile) }),
-      ...(config.downloadStallMs !== undefined && { stallTimeoutMs: config.downloadStallMs }),
-      allowHttp,
-    });
-    const explicit = entry.providers ?? (Array.isArray(config.providers) ? config.providers : undefined);
-    const device = config.providers === 'auto' ? 'auto' : config.device;
-    const plan = resolveProviders(device, explicit);
-    const stage = await Stage.create({
-      model: handle.name,
-      stage: field === '' ? 'main' : field,
-      modelPath,
-      input: entry.input,
-      batching: entry.batching,
-      defaultTimeoutMs: config.requestTimeoutMs,
-      instances: entry.instances,
-      providers: plan.providers,
-      fallbackToCpu: plan.fallbackToCpu,
-      gpuDeviceId: config.gpuDeviceId,
-      intraOpNumThreads: intraOpThreadsOf(config),
-      nice: config.computeNice,
-      warmupDims: warmupDims ?? nominalDims(entry.input, 1),
-      shapePolicy,
-      telemetry,
-      logger,
-      onFatal: this.opts.onFatal,
-    });
-    const info = stage.pool.info;
-    if (info.fallbackReason !== undefined) {
-      logger.warn(
-        { model: handle.name, stage: stage.name, requested: info.requestedProviders, provider: info.provider, reason: info.fallbackReason },
-        'GPU execution provider unavailable, running on CPU',
-      );
-    }
-    return stage;
-  }
-
   /** Readiness turns false and new predictions are refused; work already accepted goes on. */
   startDraining(): void {
     this.draining = true;
@@ -562,6 +437,11 @@ export class ModelRegistry {
     return halted.every(Boolean);
   }
 
+  /** For a forced shutdown: every live stage, retiring ones included, rejects its queued work (Stage.destroy). */
+  destroyQueues(): void {
+    for (const s of this.liveStages) s.destroy();
+  }
+
   /** Drains: stops accepting, lets queued and in-flight work finish, then releases every session and worker. */
   close(): Promise<void> {
     this.draining = true;
@@ -571,18 +451,5 @@ export class ModelRegistry {
       await Promise.allSettled([...this.liveStages].map((s) => this.closeStage(s)));
     })();
     return this.closed;
-  }
-}
-
-function createPipeline(entry: ModelEntry, deps: PipelineDeps): Promise<TaskPipeline> {
-  switch (entry.task) {
-    case 'image-classification':
-      return createClassificationPipeline(entry, deps);
-    case 'object-detection':
-      return createDetectionPipeline(entry, deps);
-    case 'ocr':
-      return createOcrPipeline(entry, deps);
-    case 'tensor':
-      return createTensorPipeline(entry, deps);
   }
 }

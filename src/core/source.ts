@@ -1,11 +1,13 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import * as tls from 'node:tls';
 import { isAbsolute, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
+import { nodeExtraCaCertsFile } from '../config/config.js';
 
 /**
  * Model sources: a path (absolute or relative to the manifest) or an https:// URL; http:// too, only where the
@@ -27,12 +29,19 @@ export interface SourceOptions {
   cacheDir: string;
   sha256?: string | undefined;
   maxBytes: number;
-  /** Extra CA certificates (PEM) to trust for downloads, e.g. a corporate proxy's. */
+  /**
+   * Extra CA certificates (PEM, one or more) to trust for downloads, e.g. a private model store's: added to the
+   * roots Node trusts (its bundled store, NODE_EXTRA_CA_CERTS, the system store where enabled), never instead.
+   */
   ca?: string | Buffer | undefined;
   /** Abort a download that receives nothing for this long. */
   stallTimeoutMs?: number;
   /** Allow http:// sources and redirects to http:// (OCULAR_ALLOW_HTTP_SOURCES); default: https:// only. */
   allowHttp?: boolean | undefined;
+  /** What the file is, in errors ('model', 'labels'); default 'model'. */
+  what?: string;
+  /** The cached file's extension; default '.onnx'. */
+  cacheExtension?: string;
 }
 
 /** The option that allows http://, named in the errors that refuse it. */
@@ -57,22 +66,22 @@ export async function sha256File(path: string): Promise<string> {
 export async function resolveSource(source: string, opts: SourceOptions): Promise<string> {
   if (isHttpSource(source) && opts.allowHttp !== true) {
     throw new SourceError(
-      `model source ${source} is plain http://, refused: use https://, or set ${ALLOW_HTTP_OPTION}=true to allow http:// sources (an internal mirror; the sha256 is still checked)`,
+      `${opts.what ?? 'model'} source ${source} is plain http://, refused: use https://, or set ${ALLOW_HTTP_OPTION}=true to allow http:// sources (an internal mirror; the sha256 is still checked)`,
     );
   }
   if (isUrlSource(source)) return fetchToCache(source, opts);
   const path = isAbsolute(source) ? source : resolve(opts.baseDir, source);
   try {
     const s = await stat(path);
-    if (!s.isFile()) throw new SourceError(`model source ${path} is not a file`);
+    if (!s.isFile()) throw new SourceError(`${opts.what ?? 'model'} source ${path} is not a file`);
   } catch (err) {
     if (err instanceof SourceError) throw err;
-    throw new SourceError(`model file ${path} cannot be read: ${(err as Error).message}`, { cause: err });
+    throw new SourceError(`${opts.what ?? 'model'} file ${path} cannot be read: ${(err as Error).message}`, { cause: err });
   }
   if (opts.sha256 !== undefined) {
     const actual = await sha256File(path);
     if (actual !== opts.sha256) {
-      throw new SourceError(`model file ${path} has sha256 ${actual}, the manifest expects ${opts.sha256}`);
+      throw new SourceError(`${opts.what ?? 'model'} file ${path} has sha256 ${actual}, the manifest expects ${opts.sha256}`);
     }
   }
   return path;
@@ -82,7 +91,7 @@ async function fetchToCache(url: string, opts: SourceOptions): Promise<string> {
   if (opts.sha256 === undefined) throw new SourceError(`URL source ${url} has no sha256`);
   const cacheDir = resolve(opts.cacheDir);
   await mkdir(cacheDir, { recursive: true });
-  const finalPath = join(cacheDir, `${opts.sha256}.onnx`);
+  const finalPath = join(cacheDir, `${opts.sha256}${opts.cacheExtension ?? '.onnx'}`);
   try {
     if ((await sha256File(finalPath)) === opts.sha256) return finalPath;
     // A file under a hash name that does not match can only be damage: replace it.
@@ -109,7 +118,8 @@ async function fetchToCache(url: string, opts: SourceOptions): Promise<string> {
  * http:// where allowHttp is set (so an https:// source cannot be downgraded behind the operator's back).
  */
 async function download(url: string, path: string, opts: SourceOptions, redirects = 0): Promise<string> {
-  const res = await get(url, opts);
+  const ca = opts.ca !== undefined && !isHttpSource(url) ? await trustedCasWith(opts.ca) : undefined;
+  const res = await get(url, opts, ca);
   const status = res.statusCode ?? 0;
   if (status >= 300 && status < 400 && res.headers.location !== undefined) {
     res.resume();
@@ -161,12 +171,30 @@ async function download(url: string, path: string, opts: SourceOptions, redirect
   return hash.digest('hex');
 }
 
-function get(url: string, opts: SourceOptions): Promise<IncomingMessage> {
+type GetCACertificates = (type?: 'default') => string[];
+
+/**
+ * The CA list for a download with extra CAs: what Node trusts by default plus `extra`. Passing `ca` alone would
+ * replace Node's roots (its bundled store and NODE_EXTRA_CA_CERTS) with `extra`. Node >= 22.15 lists its default
+ * roots (tls.getCACertificates('default'), NODE_EXTRA_CA_CERTS and the system store included); older Node has no
+ * such list, so it is rebuilt the way Node builds it: the bundled roots and the NODE_EXTRA_CA_CERTS file (which
+ * Node reads at startup, as this does once per download). test/core/source-ca.test.ts checks both kinds of root.
+ */
+export async function trustedCasWith(extra: string | Buffer): Promise<string[]> {
+  const getCACertificates = (tls as unknown as { getCACertificates?: GetCACertificates }).getCACertificates;
+  if (typeof getCACertificates === 'function') return [...getCACertificates('default'), extra.toString()];
+  const extraFile = nodeExtraCaCertsFile();
+  // Node warns and goes on when this file cannot be read; so does this.
+  const nodeExtra = extraFile !== undefined ? await readFile(extraFile, 'utf8').catch(() => undefined) : undefined;
+  return [...tls.rootCertificates, ...(nodeExtra !== undefined ? [nodeExtra] : []), extra.toString()];
+}
+
+function get(url: string, opts: SourceOptions, ca: string[] | undefined): Promise<IncomingMessage> {
   return new Promise((resolvePromise, reject) => {
     // Same streaming, cap, stall and hash logic for both schemes; only the transport differs (no CA for http).
     const req = isHttpSource(url)
       ? httpRequest(url, { method: 'GET' }, resolvePromise)
-      : httpsRequest(url, { method: 'GET', ...(opts.ca !== undefined ? { ca: opts.ca } : {}) }, resolvePromise);
+      : httpsRequest(url, { method: 'GET', ...(ca !== undefined ? { ca } : {}) }, resolvePromise);
     req.setTimeout(opts.stallTimeoutMs ?? 30_000, () => req.destroy(new SourceError(`download of ${url} timed out`)));
     req.on('error', (err) =>
       reject(err instanceof SourceError ? err : new SourceError(`download of ${url} failed: ${err.message}`, { cause: err })),

@@ -1,3 +1,5 @@
+import type { RequestTrace } from './tracing.js';
+
 /**
  * What the framework-free core reports about its work. The metrics plugin implements it with prom-client; tests
  * and scripts can pass their own. Durations in seconds.
@@ -24,6 +26,8 @@ export interface Timings {
   queueMs: number;
   inferenceMs: number;
   postprocessMs: number;
+  /** The request's trace where it is traced (tracing on); its stages are recorded with recordStage and recordRun. */
+  trace?: RequestTrace | undefined;
 }
 
 export function emptyTimings(): Timings {

@@ -1,10 +1,11 @@
-import { OcularError } from '../errors.js';
 import { Batcher } from './batcher.js';
-import type { FeedData } from './runner/worker.js';
+import type { FeedData, FeedTensor } from './runner/feeds.js';
 import type { SessionPool } from './runner/session-pool.js';
-import { sliceRows, type Logger, type Stage } from './stage.js';
+import { splitRows } from './rows.js';
+import { runQueued, type ItemResult, type RunResult } from './run-result.js';
+import type { Logger } from './logger.js';
 import type { Telemetry } from './telemetry.js';
-import type { Outputs } from './types.js';
+import { traceBatch, type BatchTracer } from './tracing.js';
 
 /**
  * Raw-tensor requests (the v2 protocol) on a stage's session pool, through a dynamic batcher with the stage's own
@@ -15,36 +16,20 @@ import type { Outputs } from './types.js';
  * concatenated along dim 0; a request of several rows (a client-side batch) runs as a batch of its own. The
  * outputs are split back by each request's row count (views, no copy).
  *
- * The pool is shared with the stage's image batcher; the pool's FIFO serialises runs on its workers.
+ * The pool is shared with the stage's image batcher; the pool's FIFO serialises runs on its workers. The stage
+ * creates, counts, drains and destroys it with its image batcher (see Stage).
  */
 
-export interface TensorFeed {
-  data: FeedData;
-  dims: number[];
-  type: string;
-}
-
 export interface TensorItem {
-  feeds: Record<string, TensorFeed>;
+  feeds: Record<string, FeedTensor>;
   /** dim 0 of every feed. */
   rows: number;
 }
 
-export interface TensorRunResult {
-  outputs: Outputs;
-  queueMs: number;
-  inferenceMs: number;
-  batchSize: number;
-}
-
-interface ItemResult {
-  outputs: Outputs;
-  inferenceMs: number;
-}
-
 export class TensorBatcher {
-  readonly batcher: Batcher<TensorItem, ItemResult>;
+  private readonly batcher: Batcher<TensorItem, ItemResult>;
   private solo = 0;
+  private readonly padTo: () => number | undefined;
 
   constructor(
     private readonly pool: SessionPool,
@@ -55,8 +40,17 @@ export class TensorBatcher {
       concurrency: number;
       telemetry: Telemetry;
       logger: Logger;
+      /** The model's version and the batch spans' tracer, where tracing is on (core/tracing.ts). */
+      version?: string | undefined;
+      tracer?: BatchTracer | undefined;
+      /**
+       * Rows every run is padded to, read at each run (the stage's batch limit where it pads its batches, else
+       * undefined): a padded stage's raw-tensor runs have the one shape its image runs have.
+       */
+      padTo?: () => number | undefined;
     },
   ) {
+    this.padTo = opts.padTo ?? (() => undefined);
     const { model, stage, telemetry, logger } = opts;
     this.batcher = new Batcher<TensorItem, ItemResult>({
       name: model,
@@ -65,7 +59,12 @@ export class TensorBatcher {
       maxQueueSize: opts.batching.maxQueueSize,
       timeoutMs: opts.batching.timeoutMs,
       concurrency: opts.concurrency,
-      runBatch: (items) => this.runBatch(items),
+      runBatch: (items) =>
+        traceBatch(
+          opts.tracer,
+          () => ({ model, version: opts.version ?? '', stage, provider: pool.info.provider, size: items.length, kind: 'tensors' }),
+          () => this.runBatch(items),
+        ),
       batchKey: (item) =>
         item.rows === 1
           ? Object.entries(item.feeds)
@@ -81,22 +80,38 @@ export class TensorBatcher {
     });
   }
 
-  async run(item: TensorItem, signal?: AbortSignal): Promise<TensorRunResult> {
-    const { result, queueMs, batchSize } = await this.batcher.enqueue(item, signal !== undefined ? { signal } : {});
-    return { outputs: result.outputs, inferenceMs: result.inferenceMs, queueMs, batchSize };
+  run(item: TensorItem, signal?: AbortSignal): Promise<RunResult> {
+    return runQueued(this.batcher, item, signal);
+  }
+
+  /** Requests queued, not running. */
+  get depth(): number {
+    return this.batcher.depth;
+  }
+
+  /** Stops accepting; queued requests run, and this resolves once none is queued or running. */
+  close(): Promise<void> {
+    return this.batcher.close();
+  }
+
+  /** Stops accepting and rejects every queued request (default DRAINING); batches in flight finish. */
+  destroy(err?: Error): void {
+    this.batcher.destroy(err);
   }
 
   private async runBatch(items: TensorItem[]): Promise<(ItemResult | Error)[]> {
     const started = performance.now();
-    const outputs = await this.pool.runTensors(items.length === 1 ? (items[0] as TensorItem).feeds : concatFeeds(items));
+    const padTo = this.padTo();
+    const feeds = items.length === 1 ? (items[0] as TensorItem).feeds : concatFeeds(items);
+    const outputs = await this.pool.runTensors(feeds, padTo);
     const inferenceMs = performance.now() - started;
     return splitRows(outputs, items.map((i) => i.rows)).map((o) => ({ outputs: o, inferenceMs }));
   }
 }
 
-function concatFeeds(items: TensorItem[]): Record<string, TensorFeed> {
+function concatFeeds(items: TensorItem[]): Record<string, FeedTensor> {
   const first = items[0] as TensorItem;
-  const out: Record<string, TensorFeed> = {};
+  const out: Record<string, FeedTensor> = {};
   for (const [name, feed] of Object.entries(first.feeds)) {
     const total = items.reduce((n, it) => n + (it.feeds[name]?.data.length ?? 0), 0);
     const Ctor = feed.data.constructor as new (n: number) => FeedData;
@@ -111,45 +126,4 @@ function concatFeeds(items: TensorItem[]): Record<string, TensorFeed> {
     out[name] = { data, dims: [rows, ...feed.dims.slice(1)], type: feed.type };
   }
   return out;
-}
-
-/** Splits batch outputs (dim 0 = sum of rows) into per-request views. */
-function splitRows(outputs: Outputs, rows: number[]): Outputs[] {
-  const total = rows.reduce((a, b) => a + b, 0);
-  const out: Outputs[] = rows.map(() => ({}));
-  for (const [name, tensor] of Object.entries(outputs)) {
-    if (rows.length === 1) {
-      (out[0] as Outputs)[name] = tensor;
-      continue;
-    }
-    if (tensor.dims[0] !== total || total === 0 || tensor.data.length % total !== 0) {
-      throw new OcularError('INFERENCE_FAILED', `output ${name} has dims [${tensor.dims.join(',')}], expected ${total} rows`);
-    }
-    const per = tensor.data.length / total;
-    let at = 0;
-    rows.forEach((r, i) => {
-      (out[i] as Outputs)[name] = sliceRows(tensor, at * per, (at + r) * per, [r, ...tensor.dims.slice(1)]);
-      at += r;
-    });
-  }
-  return out;
-}
-
-const batchers = new WeakMap<Stage, TensorBatcher>();
-
-/** The tensor batcher of a stage, created on first use; it lives (and is collected) with the stage. */
-export function tensorBatcherOf(stage: Stage, model: string, telemetry: Telemetry, logger: Logger): TensorBatcher {
-  let b = batchers.get(stage);
-  if (b === undefined) {
-    b = new TensorBatcher(stage.pool, {
-      model,
-      stage: stage.name,
-      batching: stage.batching,
-      concurrency: stage.pool.instances,
-      telemetry,
-      logger,
-    });
-    batchers.set(stage, b);
-  }
-  return b;
 }

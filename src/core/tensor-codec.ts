@@ -1,11 +1,11 @@
-import { OcularError } from '../errors.js';
+import { OcularError, capText, describeValue } from '../errors.js';
 import type { ExactData, OutputTensor } from './types.js';
 
 /**
  * Tensors of the Open Inference Protocol (KServe v2) and Triton's binary tensor data extension: datatypes, JSON
  * `data` (row-major, flat or nested), binary chunks, and the conversions between them and onnxruntime's tensor
  * types. Framework-free and synchronous: it runs on the main thread for small bodies and in the JSON parser
- * worker (json-parse-worker.ts) for large ones.
+ * worker (protocols/oip/parse-worker.ts) for large ones.
  *
  * Ownership: a decoded tensor owns its typed array (always a fresh, aligned copy, never a view into the request
  * body), so the body can be dropped and the array transferred between threads.
@@ -65,21 +65,9 @@ const ORT_TO_V2: Record<string, Datatype> = Object.fromEntries(
 );
 ORT_TO_V2['string'] = 'BYTES';
 
-export function isDatatype(s: string): s is Datatype {
-  return (DATATYPES as readonly string[]).includes(s);
-}
-
 /** The v2 datatype of an onnxruntime tensor type (`float32` -> `FP32`); undefined for types v2 cannot name. */
 export function datatypeOfOrt(type: string): Datatype | undefined {
   return ORT_TO_V2[type];
-}
-
-export function ortTypeOf(datatype: Exclude<Datatype, 'BYTES'>): string {
-  return TYPES[datatype].ort;
-}
-
-export function elementBytes(datatype: Exclude<Datatype, 'BYTES'>): number {
-  return TYPES[datatype].bytes;
 }
 
 export function elementCount(shape: readonly number[]): number {
@@ -93,13 +81,23 @@ const invalid = (message: string): OcularError => new OcularError('INVALID_REQUE
 /** Most elements of one tensor; far above any model here, low enough that a shape cannot ask for terabytes. */
 export const MAX_ELEMENTS = 2 ** 28;
 
+/** A tensor's name for an error message (names come from clients: cut short). */
+export function nameText(name: string): string {
+  return JSON.stringify(capText(name, 64));
+}
+
+/** A shape for an error message, `[1,3,224,224]`, cut short whatever the client sent. */
+export function shapeText(shape: readonly unknown[]): string {
+  return `[${capText(shape.slice(0, 17).map((d) => describeValue(d, 24)).join(','), 160)}]`;
+}
+
 export function checkShape(name: string, shape: unknown): number[] {
-  if (!Array.isArray(shape) || shape.length > 16) throw invalid(`input "${name}": shape must be an array of at most 16 dimensions`);
+  if (!Array.isArray(shape) || shape.length > 16) throw invalid(`input ${nameText(name)}: shape must be an array of at most 16 dimensions`);
   for (const d of shape) {
-    if (!Number.isSafeInteger(d) || (d as number) < 0) throw invalid(`input "${name}": shape [${shape.join(',')}] must hold non-negative integers`);
+    if (!Number.isSafeInteger(d) || (d as number) < 0) throw invalid(`input ${nameText(name)}: shape ${shapeText(shape)} must hold non-negative integers`);
   }
   const dims = shape as number[];
-  if (elementCount(dims) > MAX_ELEMENTS) throw invalid(`input "${name}": shape [${dims.join(',')}] has more than ${MAX_ELEMENTS} elements`);
+  if (elementCount(dims) > MAX_ELEMENTS) throw invalid(`input ${nameText(name)}: shape ${shapeText(dims)} has more than ${MAX_ELEMENTS} elements`);
   return dims;
 }
 
@@ -145,53 +143,82 @@ export function numberToHalf(v: number): number {
   return sign | half;
 }
 
+/**
+ * Stores `v` as element i of `out`, an array of `datatype`: != 0 for BOOL, half bits for FP16, as it is for the
+ * other floats, truncated toward zero for integers (NaN and infinities as 0; then the typed array's wrap-around).
+ * Both the JSON decoder (values already checked) and the conversion to a model's datatype write through it.
+ */
+function storeNumber(out: NumericArray, datatype: Exclude<Datatype, 'BYTES'>, i: number, v: number): void {
+  switch (datatype) {
+    case 'BOOL':
+      (out as Uint8Array)[i] = v !== 0 ? 1 : 0;
+      break;
+    case 'FP16':
+      (out as Uint16Array)[i] = numberToHalf(v);
+      break;
+    case 'FP32':
+    case 'FP64':
+      (out as Float64Array)[i] = v;
+      break;
+    case 'INT64':
+    case 'UINT64':
+      (out as BigInt64Array)[i] = BigInt(Number.isFinite(v) ? Math.trunc(v) : 0);
+      break;
+    default:
+      (out as Int32Array)[i] = Number.isFinite(v) ? Math.trunc(v) : 0;
+  }
+}
+
 // ---- JSON data --------------------------------------------------------------------------------------------
+
+/** Calls `visit` on each element of row-major JSON data (flat or nested arrays), in order. */
+function forEachJsonElement(name: string, data: unknown, visit: (v: unknown) => void): void {
+  const walk = (v: unknown, depth: number): void => {
+    if (Array.isArray(v)) {
+      if (depth > 16) throw invalid(`input ${nameText(name)}: data is nested deeper than any shape`);
+      for (const x of v) walk(x, depth + 1);
+    } else visit(v);
+  };
+  walk(data, 0);
+}
 
 /** Flattens row-major JSON data (flat or nested arrays) into `out`, checking each element's JSON type. */
 function fillFromJson(name: string, datatype: Exclude<Datatype, 'BYTES'>, data: unknown, out: NumericArray): void {
   let i = 0;
   const n = out.length;
-  const bad = (v: unknown): OcularError =>
-    invalid(`input "${name}": element ${i} (${JSON.stringify(v)?.slice(0, 32)}) is not a valid ${datatype} value`);
-  const put = (v: unknown): void => {
-    if (i >= n) throw invalid(`input "${name}": data has more elements than its shape holds (${n})`);
+  // describeValue, not JSON.stringify: an element may be an object nested deeper than the stack (issue 18).
+  const bad = (v: unknown): OcularError => invalid(`input ${nameText(name)}: element ${i} (${describeValue(v, 32)}) is not a valid ${datatype} value`);
+  /** The JSON element as the number to store, once its JSON type (and an integer's range) fits the datatype. */
+  const checked = (v: unknown): number => {
     switch (datatype) {
       case 'BOOL':
         if (typeof v !== 'boolean') throw bad(v);
-        (out as Uint8Array)[i] = v ? 1 : 0;
-        break;
+        return v ? 1 : 0;
       case 'INT64':
       case 'UINT64':
         if (typeof v !== 'number' || !Number.isInteger(v)) throw bad(v);
         if (datatype === 'UINT64' && v < 0) throw bad(v);
-        (out as BigInt64Array)[i] = BigInt(v);
-        break;
+        return v;
       case 'FP16':
-        if (typeof v !== 'number') throw bad(v);
-        (out as Uint16Array)[i] = numberToHalf(v);
-        break;
       case 'FP32':
       case 'FP64':
         if (typeof v !== 'number') throw bad(v);
-        (out as Float32Array)[i] = v;
-        break;
+        return v;
       default: {
         if (typeof v !== 'number' || !Number.isInteger(v)) throw bad(v);
         const info = INT_RANGES[datatype];
         if (v < info[0] || v > info[1]) throw bad(v);
-        (out as Int32Array)[i] = v;
+        return v;
       }
     }
+  };
+  const put = (v: unknown): void => {
+    if (i >= n) throw invalid(`input ${nameText(name)}: data has more elements than its shape holds (${n})`);
+    storeNumber(out, datatype, i, checked(v));
     i++;
   };
-  const walk = (v: unknown, depth: number): void => {
-    if (Array.isArray(v)) {
-      if (depth > 16) throw invalid(`input "${name}": data is nested deeper than any shape`);
-      for (const x of v) walk(x, depth + 1);
-    } else put(v);
-  };
-  walk(data, 0);
-  if (i !== n) throw invalid(`input "${name}": data has ${i} elements, its shape holds ${n}`);
+  forEachJsonElement(name, data, put);
+  if (i !== n) throw invalid(`input ${nameText(name)}: data has ${i} elements, its shape holds ${n}`);
 }
 
 const INT_RANGES: Record<'UINT8' | 'UINT16' | 'UINT32' | 'INT8' | 'INT16' | 'INT32', [number, number]> = {
@@ -205,18 +232,13 @@ const INT_RANGES: Record<'UINT8' | 'UINT16' | 'UINT32' | 'INT8' | 'INT16' | 'INT
 
 function bytesFromJson(name: string, data: unknown, n: number): Buffer[] {
   const out: Buffer[] = [];
-  const walk = (v: unknown, depth: number): void => {
-    if (Array.isArray(v)) {
-      if (depth > 16) throw invalid(`input "${name}": data is nested deeper than any shape`);
-      for (const x of v) walk(x, depth + 1);
-    } else if (typeof v === 'string') {
-      out.push(Buffer.from(v, 'utf8'));
-    } else {
-      throw invalid(`input "${name}": BYTES elements must be strings`);
-    }
-  };
-  walk(data, 0);
-  if (out.length !== n) throw invalid(`input "${name}": data has ${out.length} elements, its shape holds ${n}`);
+  forEachJsonElement(name, data, (v) => {
+    if (typeof v !== 'string') throw invalid(`input ${nameText(name)}: BYTES elements must be strings`);
+    // No Buffer past the shape's count: a request's elements are bounded by its (checked) shape, not its body.
+    if (out.length >= n) throw invalid(`input ${nameText(name)}: data has more elements than its shape holds (${n})`);
+    out.push(Buffer.from(v, 'utf8'));
+  });
+  if (out.length !== n) throw invalid(`input ${nameText(name)}: data has ${out.length} elements, its shape holds ${n}`);
   return out;
 }
 
@@ -239,25 +261,27 @@ export function tensorFromBinary(name: string, datatype: Datatype, shape: number
     const view = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     let at = 0;
     while (at < view.length) {
-      if (at + 4 > view.length) throw invalid(`input "${name}": truncated BYTES element length at byte ${at}`);
+      if (at + 4 > view.length) throw invalid(`input ${nameText(name)}: truncated BYTES element length at byte ${at}`);
       const len = view.readUInt32LE(at);
       at += 4;
-      if (at + len > view.length) throw invalid(`input "${name}": BYTES element of ${len} bytes runs past its chunk`);
+      if (at + len > view.length) throw invalid(`input ${nameText(name)}: BYTES element of ${len} bytes runs past its chunk`);
+      // No Buffer past the shape's count: a million empty elements in a chunk make at most n Buffers, then a 400.
+      if (out.length >= n) throw invalid(`input ${nameText(name)}: binary data holds more elements than its shape holds (${n})`);
       out.push(Buffer.from(view.subarray(at, at + len)));
       at += len;
     }
-    if (out.length !== n) throw invalid(`input "${name}": binary data holds ${out.length} elements, its shape holds ${n}`);
+    if (out.length !== n) throw invalid(`input ${nameText(name)}: binary data holds ${out.length} elements, its shape holds ${n}`);
     return { name, datatype, shape, data: out };
   }
   const info = TYPES[datatype];
   if (chunk.byteLength !== n * info.bytes) {
-    throw invalid(`input "${name}": binary_data_size is ${chunk.byteLength} bytes, shape [${shape.join(',')}] of ${datatype} needs ${n * info.bytes}`);
+    throw invalid(`input ${nameText(name)}: binary_data_size is ${chunk.byteLength} bytes, shape ${shapeText(shape)} of ${datatype} needs ${n * info.bytes}`);
   }
   // Copied into a fresh, aligned buffer (the chunk sits at any offset in the body).
   const out = info.create(n);
   new Uint8Array(out.buffer).set(chunk);
   if (datatype === 'BOOL') {
-    for (let i = 0; i < n; i++) if ((out[i] as number) > 1) throw invalid(`input "${name}": BOOL bytes must be 0 or 1`);
+    for (let i = 0; i < n; i++) if ((out[i] as number) > 1) throw invalid(`input ${nameText(name)}: BOOL bytes must be 0 or 1`);
   }
   return { name, datatype, shape, data: out };
 }
@@ -309,37 +333,30 @@ function numberAt(datatype: Datatype, d: NumericArray, i: number): number {
 
 /**
  * Converts a numeric tensor to another numeric datatype (the model's), elementwise: truncation toward zero (then
- * the typed array's own wrap-around) for integer targets, IEEE rounding for floats, != 0 for BOOL. Returns the tensor itself when the
- * datatype already matches.
+ * the typed array's own wrap-around) for integer targets, IEEE rounding for floats, != 0 for BOOL. Returns the
+ * tensor itself when the datatype already matches. With `exact`, an element the target cannot hold as it is
+ * (2^24 + 1 in FP32, 1.5 or 300 in UINT8, 2 in BOOL, an INT64 past 2^53) is a 400 naming it, not a rounding.
  */
-export function convertTensor(t: Tensor, to: Exclude<Datatype, 'BYTES'>): Tensor {
+export function convertTensor(t: Tensor, to: Exclude<Datatype, 'BYTES'>, opts: { exact?: boolean } = {}): Tensor {
   if (t.datatype === to) return t;
-  if (Array.isArray(t.data)) throw invalid(`input "${t.name}": BYTES cannot be converted to ${to}`);
+  if (Array.isArray(t.data)) throw invalid(`input ${nameText(t.name)}: BYTES cannot be converted to ${to}`);
   const src = t.data;
   const n = src.length;
   const out = TYPES[to].create(n);
   for (let i = 0; i < n; i++) {
     const v = numberAt(t.datatype, src, i);
-    switch (to) {
-      case 'BOOL':
-        (out as Uint8Array)[i] = v !== 0 ? 1 : 0;
-        break;
-      case 'FP16':
-        (out as Uint16Array)[i] = numberToHalf(v);
-        break;
-      case 'FP32':
-      case 'FP64':
-        (out as Float64Array)[i] = v;
-        break;
-      case 'INT64':
-      case 'UINT64':
-        (out as BigInt64Array)[i] = BigInt(Number.isFinite(v) ? Math.trunc(v) : 0);
-        break;
-      default:
-        (out as Int32Array)[i] = Number.isFinite(v) ? Math.trunc(v) : 0;
+    storeNumber(out, to, i, v);
+    if (opts.exact === true && !sameValue(src[i] as number | bigint, v, numberAt(to, out, i))) {
+      throw invalid(`input ${nameText(t.name)}: element ${i} (${String(src[i])}) is not exactly representable in ${to}`);
     }
   }
   return { name: t.name, datatype: to, shape: t.shape, data: out };
+}
+
+/** Whether a converted element reads back as the original: `raw` as stored (bigint for 64-bit integers). */
+function sameValue(raw: number | bigint, v: number, back: number): boolean {
+  if (typeof raw === 'bigint') return Number.isSafeInteger(back) && BigInt(back) === raw;
+  return Object.is(v, back) || (v === 0 && back === 0) || (Number.isNaN(v) && Number.isNaN(back));
 }
 
 /**

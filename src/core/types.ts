@@ -2,8 +2,6 @@
  * Contracts shared by the framework-free core: what preprocessing hands the runner, and what the runner returns.
  */
 
-export type ProviderName = 'tensorrt' | 'cuda' | 'webgpu' | 'cpu';
-
 /** One image ready for a model: 8-bit interleaved RGB at the tensor's spatial size (letterbox padding included). */
 export interface PreparedPixels {
   /** width * height * 3 bytes, RGB. Owned by the caller until handed to the runner, which copies it. */

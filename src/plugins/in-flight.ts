@@ -72,9 +72,7 @@ export function registerInFlight(app: FastifyInstance, models: ModelRegistry): v
       return false;
     },
     async answerAll(maxWaitMs = 1000) {
-      for (const model of models.list()) {
-        for (const stage of model.stages) stage.batcher.destroy();
-      }
+      models.destroyQueues();
       // Let the handlers whose requests were queued answer their own 503 first.
       await new Promise((resolve) => setImmediate(resolve));
       const written: Promise<void>[] = [];

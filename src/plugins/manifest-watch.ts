@@ -1,17 +1,19 @@
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
-import { unwatchFile, watchFile, type Stats } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { ModelRegistry } from '../core/registry.js';
 
 /**
- * Applies manifest changes without a restart: on SIGHUP (main.ts) and when the manifest file changes.
+ * Applies manifest and model file changes without a restart: on SIGHUP (main.ts) and when the manifest, or a
+ * model or labels file it names, changes.
  *
  * Kubernetes updates a mounted ConfigMap in place by swapping a symlink (`..data`) to a new directory, and cannot
- * send signals, so the file is polled with fs.watchFile (stat by path, which follows the symlink): an inode, size
- * or mtime change triggers a check, and a reload happens only when the content's hash changed. fs.watch would
- * miss the swap (it watches the old inode). The poll timer is not persistent and is stopped when the app closes.
+ * send signals, so files are polled by path (stat follows the symlink; fs.watch would watch the old inode): an
+ * inode, size or mtime change of the manifest triggers a reload when its content's hash changed; such a change of
+ * a model or labels file triggers one whatever the manifest says, and the registry then reloads exactly the models
+ * whose files' content hashes changed (core/model-files.ts). The files polled follow the registry's manifest, read
+ * at each poll. One poll at a time; the timer is unref'ed and stopped when the app closes.
  */
 
 async function digestOf(path: string): Promise<string | undefined> {
@@ -33,22 +35,62 @@ export async function reloadManifest(models: ModelRegistry, logger: Logger, trig
   }
 }
 
+/** What a poll compares: a file's identity and size and mtime, or 'absent'. */
+async function statKey(path: string): Promise<string> {
+  try {
+    const s = await stat(path);
+    return `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}`;
+  } catch {
+    return 'absent';
+  }
+}
+
 export function registerManifestWatch(app: FastifyInstance, models: ModelRegistry, opts: { intervalMs: number; logger: Logger }): void {
   if (opts.intervalMs <= 0) return;
   const path = models.manifestPath;
-  let last: Promise<string | undefined> = digestOf(path);
-  let checking = Promise.resolve();
-  const onChange = (curr: Stats, prev: Stats): void => {
-    if (curr.ino === prev.ino && curr.size === prev.size && curr.mtimeMs === prev.mtimeMs) return;
-    checking = checking.then(async () => {
-      const [before, now] = await Promise.all([last, digestOf(path)]);
+  let lastDigest: Promise<string | undefined> = digestOf(path);
+  /** Last stat key of each path polled; a path seen for the first time is recorded, not a change. */
+  const seen = new Map<string, string>();
+  let polling = false;
+  let closed = false;
+
+  const poll = async (): Promise<void> => {
+    const files = [path, ...models.localFiles()];
+    const changed: string[] = [];
+    for (const file of files) {
+      const key = await statKey(file);
+      const before = seen.get(file);
+      seen.set(file, key);
+      if (before !== undefined && before !== key) changed.push(file);
+    }
+    for (const file of seen.keys()) if (!files.includes(file)) seen.delete(file);
+    if (changed.length === 0 || closed) return;
+    const manifestOnly = changed.length === 1 && changed[0] === path;
+    if (manifestOnly) {
+      const [before, now] = await Promise.all([lastDigest, digestOf(path)]);
       if (now === undefined || now === before) return;
-      last = Promise.resolve(now);
-      await reloadManifest(models, opts.logger, 'file change');
-    });
+      lastDigest = Promise.resolve(now);
+    } else {
+      lastDigest = digestOf(path);
+      opts.logger.info({ files: changed }, 'model files changed');
+    }
+    await reloadManifest(models, opts.logger, 'file change');
   };
-  watchFile(path, { interval: opts.intervalMs, persistent: false }, onChange);
+
+  const tick = (): void => {
+    if (polling) return;
+    polling = true;
+    poll()
+      .catch((err: unknown) => opts.logger.error({ err }, 'manifest watch poll failed'))
+      .finally(() => {
+        polling = false;
+      });
+  };
+  tick(); // records the files as they are now: a change before the first interval is still seen
+  const timer = setInterval(tick, opts.intervalMs);
+  timer.unref();
   app.addHook('onClose', async () => {
-    unwatchFile(path, onChange);
+    closed = true;
+    clearInterval(timer);
   });
 }

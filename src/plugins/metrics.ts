@@ -1,6 +1,7 @@
+import fp from 'fastify-plugin';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ModelRegistry } from '../core/registry.js';
-import type { PreprocessPool } from '../tasks/preprocess/process-pool.js';
+import type { PreprocessPool } from '../core/preprocess/process-pool.js';
 import type { Telemetry, Timings } from '../core/telemetry.js';
 
 /**
@@ -85,6 +86,12 @@ export class Metrics implements Telemetry {
     help: 'Preprocessing child processes that exited without being asked to (each is started again).',
     registers: [this.registry],
   });
+  readonly connectionsDropped = new Counter({
+    name: 'ocular_http_connections_dropped_total',
+    help: 'Connections closed as soon as accepted because their listener (main, probes) was at its connection cap.',
+    labelNames: ['listener'] as const,
+    registers: [this.registry],
+  });
   /** The modelInfo labels of each model's serving version, so a new version replaces them. */
   private readonly infoLabels = new Map<string, { model: string; version: string; provider: string }>();
   readonly modelLoadDuration = new Gauge({
@@ -114,6 +121,33 @@ export class Metrics implements Telemetry {
         this.set(sessions());
       },
     });
+    new Gauge({
+      name: 'ocular_session_input_shapes',
+      help: 'Distinct input shapes (whole dims, batch included) each session of a model stage has run; session is the instance index.',
+      labelNames: ['model', 'stage', 'session'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const m of models()) {
+          for (const s of m.stages) s.pool.shapeCounts().forEach((n, i) => this.set({ model: m.name, stage: s.name, session: String(i) }, n));
+        }
+      },
+    });
+    new Gauge({
+      name: 'ocular_stage_input_shape_bound',
+      help: "The most distinct input shapes a model stage's batching policy lets one session run (absent where clients' sizes decide).",
+      labelNames: ['model', 'stage'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const m of models()) {
+          for (const s of m.stages) {
+            const bound = s.shapeBound();
+            if (bound !== undefined) this.set({ model: m.name, stage: s.name }, bound);
+          }
+        }
+      },
+    });
     const preprocess = () => this.preprocessPool?.stats();
     new Gauge({
       name: 'ocular_preprocess_processes',
@@ -134,6 +168,15 @@ export class Metrics implements Telemetry {
   /** Lets the queue-depth gauge read the registry at scrape time. */
   attach(models: ModelRegistry): void {
     this.models = models;
+  }
+
+  /**
+   * Lets go of the registry and the preprocessing pool (the app closing, after both closed): a later scrape reports
+   * no model instead of reading closed ones. The counters keep their values.
+   */
+  close(): void {
+    this.models = undefined;
+    this.preprocessPool = undefined;
   }
 
   batch(model: string, stage: string, size: number, inferenceSeconds: number): void {
@@ -174,3 +217,20 @@ export class Metrics implements Telemetry {
     }
   }
 }
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The app's metrics (plugins/metrics.ts); the registry and preprocessing plugins attach to them. */
+    metrics: Metrics;
+  }
+}
+
+/** Owns the app's Metrics: registered first, so it closes last, after everything that reports to it. */
+export const metricsPlugin = fp(
+  async (app) => {
+    const metrics = new Metrics();
+    app.decorate('metrics', metrics);
+    app.addHook('onClose', async () => metrics.close());
+  },
+  { name: 'ocular-metrics', fastify: '5.x' },
+);

@@ -14,15 +14,16 @@ export const SECURITY_HEADERS: Record<string, string> = {
 
 const API_CSP = "default-src 'none'; frame-ancestors 'none'";
 
+/** The headers an answer of `contentType` gets (also written by hand on answers that bypass Fastify's hooks). */
+export function securityHeadersFor(contentType: string): Record<string, string> {
+  if (contentType.startsWith('text/html')) return { ...SECURITY_HEADERS };
+  return { ...SECURITY_HEADERS, 'content-security-policy': API_CSP, 'cache-control': 'no-store' };
+}
+
 export function registerSecurityHeaders(app: FastifyInstance): void {
   app.addHook('onSend', async (_request, reply, payload) => {
-    for (const [name, value] of Object.entries(SECURITY_HEADERS)) {
+    for (const [name, value] of Object.entries(securityHeadersFor(String(reply.getHeader('content-type') ?? '')))) {
       if (!reply.hasHeader(name)) void reply.header(name, value);
-    }
-    const type = String(reply.getHeader('content-type') ?? '');
-    if (!type.startsWith('text/html')) {
-      if (!reply.hasHeader('content-security-policy')) void reply.header('content-security-policy', API_CSP);
-      if (!reply.hasHeader('cache-control')) void reply.header('cache-control', 'no-store');
     }
     return payload;
   });

@@ -1,8 +1,30 @@
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import type { FastifyRequest } from 'fastify';
+import type { ModelDescription } from '../core/model-handle.js';
 import type { ModelRegistry } from '../core/registry.js';
-import { OcularError } from '../errors.js';
-import { ErrorBodySchema, ModelDescriptionSchema, ModelListSchema, ModelParamsSchema } from './schemas.js';
+import { modelNotFound, publicText } from '../errors.js';
+import { ErrorBodySchema } from '../errors.js';
+import { isAdmin } from '../plugins/auth.js';
+import { ModelDescriptionSchema, ModelListSchema, ModelParamsSchema } from './schemas.js';
+
+/**
+ * A model's description as the caller may read it: whole for an admin key; for anyone else, its reason without
+ * file paths or library internals, and a provider fallback named by provider only (onnxruntime's text, with its
+ * source paths and function names, is logged at load and shown to admin keys).
+ */
+export function describeFor(request: Pick<FastifyRequest, 'caller'>, d: ModelDescription): ModelDescription {
+  if (isAdmin(request)) return d;
+  return {
+    ...d,
+    ...(d.reason !== undefined ? { reason: publicText(d.reason) } : {}),
+    stages: d.stages.map((s) =>
+      s.fallbackReason === undefined
+        ? s
+        : { ...s, fallbackReason: `${s.requestedProviders.filter((p) => p !== s.provider).join(', ')} could not be used; ${s.provider} serves (details in the server log)` },
+    ),
+  };
+}
 
 /** GET /v1/models and /v1/models/{name}: what is served, its state, provider (with node counts), I/O and batching. */
 export function registerModelRoutes(app: FastifyInstance, models: ModelRegistry): void {
@@ -10,7 +32,7 @@ export function registerModelRoutes(app: FastifyInstance, models: ModelRegistry)
   api.get(
     '/v1/models',
     { schema: { summary: 'List the models in the manifest', response: { 200: ModelListSchema } } },
-    async () => ({ models: models.list().map((m) => m.describe()) }),
+    async (request) => ({ models: models.list().map((m) => describeFor(request, m.describe())) }),
   );
   api.get(
     '/v1/models/:name',
@@ -23,8 +45,8 @@ export function registerModelRoutes(app: FastifyInstance, models: ModelRegistry)
     },
     async (request) => {
       const model = models.list().find((m) => m.name === request.params.name);
-      if (model === undefined) throw new OcularError('MODEL_NOT_FOUND', `no model named "${request.params.name.slice(0, 64)}" is served`);
-      return model.describe();
+      if (model === undefined) throw modelNotFound(request.params.name, models.list().map((m) => m.name));
+      return describeFor(request, model.describe());
     },
   );
 }

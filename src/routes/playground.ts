@@ -6,7 +6,7 @@ import type { FastifyInstance } from 'fastify';
 
 /**
  * The playground: a static page at / that lists the models, posts a dropped image to the public predict API and
- * draws the answer over it (public/index.html, app.js, style.css). The files are read once, at startup; there is
+ * draws the answer over it (public/index.html, app.js with its helpers in lib.js, style.css, and the samples in public/samples/). The files are read once, at startup; there is
  * no build step and no other origin. The page carries its own strict Content-Security-Policy: no inline script or
  * style, nothing from elsewhere, images only from the page itself or the blob: URL of the dropped file.
  */
@@ -17,8 +17,13 @@ export const PLAYGROUND_CSP =
 const FILES: Record<string, { file: string; type: string }> = {
   '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
   '/app.js': { file: 'app.js', type: 'text/javascript; charset=utf-8' },
+  '/lib.js': { file: 'lib.js', type: 'text/javascript; charset=utf-8' },
   '/style.css': { file: 'style.css', type: 'text/css; charset=utf-8' },
   '/favicon.svg': { file: 'favicon.svg', type: 'image/svg+xml' },
+  // One sample per task, drawn by the project (scripts/make-examples.ts), for an answer in one click.
+  '/samples/television.png': { file: 'samples/television.png', type: 'image/png' },
+  '/samples/stop-sign.png': { file: 'samples/stop-sign.png', type: 'image/png' },
+  '/samples/no-parking.png': { file: 'samples/no-parking.png', type: 'image/png' },
 };
 
 /** public/ beside src/ (tsx, tests) or beside dist/ (the built server runs dist/src/routes/playground.js). */

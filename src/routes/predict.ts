@@ -1,16 +1,12 @@
-import type { z } from 'zod';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
-import type { ModelRegistry } from '../core/registry.js';
-import { emptyTimings, type Timings } from '../core/telemetry.js';
-import { OcularError } from '../errors.js';
-import { errorBody, sendError, toOcularError } from '../plugins/errors.js';
-import { UNKNOWN_MODEL, type DropReason, type Metrics } from '../plugins/metrics.js';
+import type { RequestLifecycle } from '../http/lifecycle.js';
+import { fastifyLifecycle } from '../http/fastify-lifecycle.js';
+import { ErrorBodySchema, OcularError } from '../errors.js';
+import { errorBody, toOcularError } from '../plugins/errors.js';
 import { parseParams } from '../tasks/pipeline.js';
-import { admissionOf } from './admission.js';
-import { claimBody } from './raw-body.js';
+import { bodyTooLarge, claimBody } from '../plugins/raw-body.js';
 import {
-  ErrorBodySchema,
   ModelParamsSchema,
   MultipartResultSchema,
   PredictQuerySchema,
@@ -24,41 +20,25 @@ import {
  */
 
 export interface PredictRouteOptions {
-  models: ModelRegistry;
-  metrics: Metrics;
+  lifecycle: RequestLifecycle;
   maxFiles: number;
   bodyLimitBytes: number;
+  /** Bytes an answer may take, across its files (segmentation masks grow with the image). */
+  maxResponseBytes: number;
 }
 
-const DROP_REASONS: Partial<Record<string, DropReason>> = {
-  CLIENT_CLOSED_REQUEST: 'client_closed',
-  QUEUE_TIMEOUT: 'timeout',
-  QUEUE_FULL: 'queue_full',
-};
-
-export function serverTiming(t: Timings, totalMs: number): string {
-  const f = (v: number) => v.toFixed(2);
-  return `preprocess;dur=${f(t.preprocessMs)}, queue;dur=${f(t.queueMs)}, inference;dur=${f(t.inferenceMs)}, postprocess;dur=${f(t.postprocessMs)}, total;dur=${f(totalMs)}`;
-}
-
-/** An AbortSignal that fires when the client goes away before its answer is sent. */
-export function clientSignal(request: FastifyRequest, reply: FastifyReply): AbortSignal {
-  const controller = new AbortController();
-  const onClose = () => {
-    if (!reply.raw.writableFinished) controller.abort();
-  };
-  reply.raw.once('close', onClose);
-  request.raw.once('aborted', onClose);
-  return controller.signal;
-}
+/**
+ * The header that names the classes of a PNG class map: `index=label` for each class in the answer, comma-separated,
+ * each label percent-encoded (a label may hold commas or any Unicode; a header is ASCII).
+ */
+export const MASK_LABELS_HEADER = 'ocular-mask-labels';
+/** The PNG's value for pixels whose class was left out (classes=, min_area). */
+export const MASK_VOID_HEADER = 'ocular-mask-void';
 
 export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOptions): void {
-  const { models, metrics } = opts;
-  // Requests whose handler ran: the handler counts their drops; a client that leaves mid-upload of a raw body
-  // never reaches it, and is counted by onRequestAbort instead (once either way).
-  const handled = new WeakSet<FastifyRequest>();
-  // Admission (see admission.ts): past its bound, a model's requests are refused 503 QUEUE_FULL before decoding.
-  const admission = admissionOf(models);
+  // Lease, admission (past its bound a model's requests are refused 503 QUEUE_FULL before decoding), timings,
+  // metrics and drops: the request lifecycle shared with /v2 infer.
+  const lifecycle = fastifyLifecycle(opts.lifecycle);
 
   app.withTypeProvider<ZodTypeProvider>().post(
     '/v1/models/:name/predict',
@@ -68,7 +48,9 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
         params: ModelParamsSchema,
         querystring: PredictQuerySchema,
         response: {
-          200: PredictResultSchema.or(MultipartResultSchema),
+          200: PredictResultSchema.or(MultipartResultSchema).describe(
+            'JSON; with format=png (semantic segmentation), an image/png class map instead, its classes named by the Ocular-Mask-Labels header',
+          ),
           400: ErrorBodySchema,
           404: ErrorBodySchema,
           413: ErrorBodySchema,
@@ -78,38 +60,29 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
           503: ErrorBodySchema,
         },
       },
-      onRequestAbort: async (request) => {
-        if (handled.has(request)) return;
-        const label = models.has(request.params.name) ? request.params.name : UNKNOWN_MODEL;
-        if (label !== UNKNOWN_MODEL) metrics.dropRequest(label, 'client_closed');
-        metrics.observeRequest(label, 499, 'CLIENT_CLOSED_REQUEST', 0, undefined);
-        request.log.info({ model: label }, 'client went away during upload, request dropped');
-      },
+      // The model is looked up and the request admitted from the URL before its body is read (404 and 503 at once).
+      onRequest: lifecycle.decide((request) => {
+        const parsed = ModelParamsSchema.safeParse(request.params);
+        return parsed.success ? { name: parsed.data.name } : undefined;
+      }),
+      onRequestAbort: lifecycle.onRequestAbort,
     },
     async (request, reply) => {
-      handled.add(request);
-      const started = performance.now();
-      const name = request.params.name;
-      const label = models.has(name) ? name : UNKNOWN_MODEL;
-      const timings = emptyTimings();
-      const signal = clientSignal(request, reply);
-      const observe = (status: number, code: string) =>
-        metrics.observeRequest(label, status, code, (performance.now() - started) / 1000, timings);
-      try {
-        const model = models.acquire(name);
-        // The lease on this version ends with the response (sent, or the connection gone): see ModelRegistry.
-        reply.raw.once('close', () => models.release(model));
-        admission.admit(model, reply);
+      const body = await lifecycle.handle(request, reply, { name: request.params.name }, async ({ model, signal, timings, admit }) => {
         const query = Object.fromEntries(Object.entries(request.query).filter(([, v]) => v !== undefined));
-        const params = parseParams(model.pipeline.paramsSchema, query);
+        const sentKeys = [...new URLSearchParams(request.url.split('?')[1] ?? '').keys()];
+        const params = parseParams(model.pipeline.paramsSchema, query, sentKeys);
         const base = { model: model.name, version: model.version };
-        let body: z.output<typeof PredictResultSchema> | z.output<typeof MultipartResultSchema>;
+        const answerBytes = { left: opts.maxResponseBytes };
         if (request.isMultipart()) {
-          const files = await readFiles(request, opts.maxFiles);
+          if (query['format'] === 'png') throw new OcularError('INVALID_PARAMETER', 'format=png answers one image: send it as the body, or leave format out for JSON results per file');
+          const files = await readFiles(request, opts);
+          // Each file is admitted like a request of one image, before any is decoded (the request counted as one).
+          admit(files.length - 1);
           const results = await Promise.all(
             files.map(async (file) => {
               try {
-                return await model.pipeline.predict(file, params, { signal, timings });
+                return await model.pipeline.predict(file, params, { signal, timings, answerBytes });
               } catch (err) {
                 const e = toOcularError(err);
                 if (e.code === 'CLIENT_CLOSED_REQUEST') throw e;
@@ -118,39 +91,30 @@ export function registerPredictRoute(app: FastifyInstance, opts: PredictRouteOpt
               }
             }),
           );
-          body = { ...base, results } as z.output<typeof MultipartResultSchema>;
-        } else {
-          const image = request.body;
-          if (!Buffer.isBuffer(image) || image.length === 0) throw new OcularError('INVALID_REQUEST', 'the request has no image body');
-          // The body is a pooled buffer: it goes back only once the pipeline, sharp included, is done with it.
-          const result = await model.pipeline.predict(image, params, { signal, timings }).finally(claimBody(request));
-          body = { ...base, ...result } as z.output<typeof PredictResultSchema>;
+          return { ...base, results };
         }
-        // The client left while its batch ran (work that could not be skipped): nobody to answer, count the drop.
-        if (signal.aborted) throw new OcularError('CLIENT_CLOSED_REQUEST');
-        const totalMs = performance.now() - started;
-        void reply.header('server-timing', serverTiming(timings, totalMs));
-        observe(200, '');
-        return body;
-      } catch (error) {
-        // Whatever failed after the client left (a multipart stream cut mid-upload, a batch), it is a drop.
-        const err = signal.aborted ? new OcularError('CLIENT_CLOSED_REQUEST', undefined, { cause: error }) : toOcularError(error);
-        const drop = DROP_REASONS[err.code];
-        if (drop !== undefined && label !== UNKNOWN_MODEL) metrics.dropRequest(label, drop);
-        observe(err.status, err.code);
-        if (err.code === 'CLIENT_CLOSED_REQUEST') {
-          request.log.info({ model: label }, 'client went away, request dropped');
-          return sendError(reply, err);
+        const image = request.body;
+        if (!Buffer.isBuffer(image) || image.length === 0) throw new OcularError('INVALID_REQUEST', 'the request has no image body');
+        // The body is a pooled buffer: it goes back only once the pipeline, sharp included, is done with it.
+        const result = await model.pipeline.predict(image, params, { signal, timings, answerBytes }).finally(claimBody(request));
+        if ('png' in result && result.png !== undefined) {
+          const labels = result.classes.map((c) => `${c.index}=${encodeURIComponent(c.label)}`).join(',');
+          return { pngMask: result.png.data, labels, voidValue: result.png.voidValue };
         }
-        if (err.status >= 500) request.log.error({ err: error, code: err.code }, 'prediction failed');
-        return sendError(reply, err);
+        return { ...base, ...result };
+      });
+      if (body === undefined) return reply;
+      if ('pngMask' in body) {
+        // The untyped reply: the route's 200 schema describes its JSON answers; this one is bytes, never serialised.
+        return (reply as FastifyReply).type('image/png').header(MASK_LABELS_HEADER, body.labels).header(MASK_VOID_HEADER, String(body.voidValue)).send(body.pngMask);
       }
+      return body;
     },
   );
 }
 
 /** Reads every file part into memory (the multipart plugin enforces the file count and size limits). */
-async function readFiles(request: FastifyRequest, maxFiles: number): Promise<Buffer[]> {
+async function readFiles(request: FastifyRequest, { maxFiles, bodyLimitBytes }: PredictRouteOptions): Promise<Buffer[]> {
   const files: Buffer[] = [];
   try {
     for await (const part of request.parts()) {
@@ -162,6 +126,7 @@ async function readFiles(request: FastifyRequest, maxFiles: number): Promise<Buf
     // The plugin's own limits carry FST_ codes (mapped by the error plugin); anything else the multipart parser
     // throws (no boundary, a body cut short, a broken part header) is the client's malformed body, not a 500.
     const code = (err as { code?: unknown }).code;
+    if (code === 'FST_REQ_FILE_TOO_LARGE') throw bodyTooLarge(bodyLimitBytes, 'OCULAR_BODY_LIMIT_BYTES');
     if (err instanceof OcularError || (typeof code === 'string' && code.startsWith('FST_'))) throw err;
     throw new OcularError('INVALID_REQUEST', 'the multipart body is malformed', { cause: err });
   }

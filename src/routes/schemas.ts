@@ -1,16 +1,7 @@
 import { z } from 'zod';
-import { ERROR_CATALOG, type ErrorCode } from '../errors.js';
+import { ErrorBodySchema } from '../errors.js';
 
 /** Response and parameter schemas of the public HTTP API: the contract the OpenAPI document is generated from. */
-
-const codes = Object.keys(ERROR_CATALOG) as [ErrorCode, ...ErrorCode[]];
-
-export const ErrorBodySchema = z
-  .object({
-    code: z.enum(codes),
-    message: z.string(),
-  })
-  .meta({ id: 'Error' });
 
 export const ModelParamsSchema = z.object({
   name: z.string().min(1).max(256),
@@ -20,12 +11,22 @@ export const ModelParamsSchema = z.object({
  * Every query parameter any task takes; the model's task then refuses those it does not take. Strict: a parameter
  * no task takes (a misspelt `score_treshold`) is 400, never silently dropped.
  */
-export const PredictQuerySchema = z.strictObject({
+/**
+ * The query of a predict request: every task's keys, each bounded. Loose: which keys a model accepts is its task's
+ * (the pipeline's paramsSchema, checked in the handler), so an unknown key is answered with that task's valid keys.
+ */
+export const PredictQuerySchema = z.looseObject({
   top_k: z.string().max(16).optional().describe('classification: how many classes to return'),
   score_threshold: z.string().max(32).optional().describe('detection: minimum score, 0..1'),
   iou_threshold: z.string().max(32).optional().describe('detection: NMS IoU threshold, 0..1'),
   max_detections: z.string().max(16).optional().describe('detection: most detections to return'),
-  classes: z.string().max(4096).optional().describe('detection: comma-separated labels or class indices to keep'),
+  classes: z.string().max(4096).optional().describe('detection, segmentation: comma-separated labels or class indices to keep'),
+  min_area: z.string().max(16).optional().describe('segmentation: classes covering fewer pixels are left out'),
+  format: z
+    .string()
+    .max(8)
+    .optional()
+    .describe('segmentation: rle (JSON, a COCO RLE mask per class; default) or png (the class map as a single-channel PNG, pixel = class index)'),
 });
 
 const BoxSchema = z.object({ x1: z.number(), y1: z.number(), x2: z.number(), y2: z.number() });
@@ -66,12 +67,34 @@ export const OcrResultSchema = z
   })
   .meta({ id: 'OcrResult' });
 
-export const PredictResultSchema = z.union([ClassificationResultSchema, DetectionResultSchema, OcrResultSchema]);
+/** A COCO RLE mask as pycocotools reads it: size [height, width], counts its compressed string (column-major runs). */
+const RleSchema = z
+  .object({ size: z.tuple([z.number().int(), z.number().int()]), counts: z.string() })
+  .describe("COCO run-length encoding, pycocotools' compressed string form: pycocotools.mask.decode(mask) gives the H x W mask");
+
+export const SegmentationResultSchema = z
+  .object({
+    ...ImageResultBase,
+    classes: z.array(
+      z.object({
+        label: z.string(),
+        index: z.number().int(),
+        area: z.number().int().describe('pixels of the class at the original (EXIF-upright) size'),
+        fraction: z.number().describe('area / (width * height)'),
+        box: BoxSchema.describe('box of the class pixels, x2 and y2 exclusive'),
+        mask: RleSchema.optional().describe('the class mask, COCO RLE (in every JSON answer; the PNG answer carries no JSON)'),
+      }),
+    ),
+  })
+  .meta({ id: 'SegmentationResult' });
+
+export const PredictResultSchema = z.union([ClassificationResultSchema, DetectionResultSchema, SegmentationResultSchema, OcrResultSchema]);
 
 /** One slot of a multipart answer: the file's result without model/version, or its error. */
 const SlotSchema = z.union([
   ClassificationResultSchema.omit({ model: true, version: true }),
   DetectionResultSchema.omit({ model: true, version: true }),
+  SegmentationResultSchema.omit({ model: true, version: true }),
   OcrResultSchema.omit({ model: true, version: true }),
   z.object({ error: ErrorBodySchema }),
 ]);
@@ -104,6 +127,13 @@ export const ModelDescriptionSchema = z
         fallbackReason: z.string().optional(),
         nodeCounts: z.record(z.string(), z.number()),
         instances: z.number().int(),
+        shapes: z
+          .object({
+            perSession: z.array(z.number().int()).meta({ description: 'distinct input shapes (dims, batch included) each session has run' }),
+            bound: z.number().int().optional().meta({ description: "the most the stage's batching policy allows; absent where the clients' sizes decide" }),
+          })
+          .meta({ description: 'input shapes run per session: few shapes keep a GPU session warm' }),
+        uint8Input: z.boolean().meta({ description: 'images reach the session as uint8 pixels, normalised by a prefix in its graph' }),
         inputs: z.array(TensorMetaSchema),
         outputs: z.array(TensorMetaSchema),
         batching: z.object({
@@ -118,6 +148,15 @@ export const ModelDescriptionSchema = z
           tune: z.enum(['cpu', 'always', 'off']),
           padBatches: z.enum(['gpu', 'always', 'off']),
           padded: z.boolean().meta({ description: 'every run is padded to batchLimit rows: one input shape' }),
+          buckets: z
+            .object({ widths: z.array(z.number().int()), heights: z.array(z.number().int()) })
+            .optional()
+            .meta({ description: 'the size buckets batches run at (every width with every height), where they apply' }),
+          shapeBound: z
+            .number()
+            .int()
+            .optional()
+            .meta({ description: 'the most distinct input shapes (batch included) image batches can run; absent: unbounded' }),
           tuning: z
             .object({
               tolerance: z.number(),
@@ -135,6 +174,8 @@ export const ModelListSchema = z.object({ models: z.array(ModelDescriptionSchema
 
 export const ReadinessSchema = z.object({
   status: z.enum(['ready', 'not_ready', 'draining']),
+  /** Why not ready, in one line. */
+  reason: z.string().optional(),
   models: z.array(
     z.object({
       name: z.string(),
@@ -142,6 +183,8 @@ export const ReadinessSchema = z.object({
       state: z.enum(['LOADING', 'READY', 'UNAVAILABLE']),
       provider: z.string().optional(),
       reason: z.string().optional(),
+      /** Unloaded by an operator (repository API, OCULAR_MODEL_CONTROL=explicit): not counted against readiness. */
+      unloadedOnPurpose: z.boolean().optional(),
     }),
   ),
 });

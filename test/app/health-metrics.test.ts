@@ -7,7 +7,8 @@ import type { FastifyInstance } from 'fastify';
 import t from 'tap';
 import type { Test } from 'tap';
 import { candidateSizes } from '../../src/core/batch-tuning.js';
-import type { ModelDescription, StageDescription } from '../../src/core/registry.js';
+import type { ModelDescription, StageDescription } from '../../src/core/model-handle.js';
+import { testHooksOf } from '../../src/core/runner/fault-injection.js';
 import { buildTestApp, sharedModel, writeManifest } from '../helpers/app.js';
 import { imagePath, sharedTestOptions } from '../helpers/shared.js';
 
@@ -22,7 +23,7 @@ const SHARED = [
   'images/cat_chelsea.png',
   'images/soccer_player.jpg',
 ];
-const MODELS = ['mobilenetv2', 'yolox-nano', 'ultraface', 'ocr', 'ocr-det', 'ocr-rec', 'deeplabv3'];
+const MODELS = ['mobilenetv2', 'yolox-nano', 'ultraface', 'ocr', 'ocr-det', 'ocr-rec', 'deeplabv3', 'deeplabv3-seg'];
 
 interface Readiness {
   status: string;
@@ -150,7 +151,7 @@ t.test('a loaded app', sharedTestOptions(...SHARED), async (t) => {
     }
   });
 
-  t.test('GET /v1/models describes the 7 models', async (t) => {
+  t.test('GET /v1/models describes the 8 models', async (t) => {
     const res = await app.inject({ method: 'GET', url: '/v1/models' });
     t.equal(res.statusCode, 200);
     const models = res.json<{ models: ModelDescription[] }>().models;
@@ -256,7 +257,7 @@ t.test('a loaded app', sharedTestOptions(...SHARED), async (t) => {
     const handle = app.ocular.models.list().find((m) => m.name === 'mobilenetv2');
     const stage = handle?.stages[0];
     if (stage === undefined) throw new Error('mobilenetv2 has no stage');
-    const held = stage.pool.hold();
+    const held = testHooksOf(stage.pool).hold();
     let released = false;
     t.teardown(() => {
       if (!released) held.release();

@@ -175,6 +175,18 @@ t.test('predictions on real photos', sharedTestOptions(...SHARED), async (t) => 
     isError(t, await predict(app, 'ocr', photo('text_no_parking.jpg'), { query: 'top_k=3' }), 400, 'INVALID_PARAMETER');
   });
 
+  t.test("an unknown query key's message lists the task's keys and the closest one", async (t) => {
+    const typo = await predict(app, 'yolox-nano', photo('cat_chelsea.png'), { query: 'score_treshold=0.9' });
+    t.equal(
+      typo.json<ErrorBody>().message,
+      'unknown query parameter "score_treshold": this model\'s task takes "score_threshold", "iou_threshold", "max_detections" or "classes"; did you mean "score_threshold"?',
+    );
+    const other = await predict(app, 'mobilenetv2', photo('cat_chelsea.png'), { type: 'image/png', query: 'score_threshold=0.5' });
+    t.equal(other.json<ErrorBody>().message, 'unknown query parameter "score_threshold": this model\'s task takes "top_k"');
+    const none = await predict(app, 'ocr', photo('text_no_parking.jpg'), { query: 'top_k=3' });
+    t.equal(none.json<ErrorBody>().message, 'unknown query parameter "top_k": this model\'s task takes no query parameters');
+  });
+
   t.test('yolox-nano finds the people and the car of street_notice_sign.jpg', async (t) => {
     const res = await predict(app, 'yolox-nano', photo('street_notice_sign.jpg'));
     t.equal(res.statusCode, 200);
@@ -417,6 +429,51 @@ t.test('predictions on real photos', sharedTestOptions(...SHARED), async (t) => 
     isError(t, await predict(app, 'nope', photo('cat_chelsea.png')), 404, 'MODEL_NOT_FOUND');
   });
 
+  t.test("MODEL_NOT_FOUND names the served models and the closest one", async (t) => {
+    const served = (await app.inject({ url: '/v1/models' })).json<{ models: { name: string }[] }>().models.map((m) => m.name).sort();
+    const listed = served.map((n) => `"${n}"`);
+    const list = `${listed.slice(0, -1).join(', ')} and ${listed.at(-1) ?? ''}`;
+    const upper = await predict(app, 'OCR', photo('text_no_parking.jpg'));
+    t.equal(upper.json<ErrorBody>().message, `no model named "OCR" is served (served: ${list}); did you mean "ocr"?`);
+    const typo = await app.inject({ url: '/v1/models/mobilenet-v2' });
+    t.match(typo.json<ErrorBody>().message, /did you mean "mobilenetv2"\?$/, 'GET /v1/models/{name} too');
+    const far = await predict(app, 'resnet50', photo('cat_chelsea.png'));
+    t.equal(far.json<ErrorBody>().message, `no model named "resnet50" is served (served: ${list})`, 'no suggestion when none is close');
+  });
+
+  t.test('a photo is accepted whatever its Content-Type says, or without one', async (t) => {
+    const cat = photo('cat_chelsea.png');
+    for (const type of ['application/x-www-form-urlencoded', 'text/plain', 'image/png; charset=x', 'application/json', 'image/jpeg']) {
+      const res = await predict(app, 'mobilenetv2', cat, { type });
+      t.equal(res.statusCode, 200, `${type}: 200 (${res.body.slice(0, 120)})`);
+    }
+    const bare = await app.inject({ method: 'POST', url: '/v1/models/mobilenetv2/predict', payload: cat });
+    t.equal(bare.statusCode, 200, `no Content-Type: 200 (${bare.body.slice(0, 120)})`);
+  });
+
+  t.test("a body that is no image: the accepted formats, what was received, and that URLs are not fetched", async (t) => {
+    const ask = async (body: string) => (await predict(app, 'mobilenetv2', Buffer.from(body), { type: 'text/plain' })).json<ErrorBody>().message;
+    const tail = 'Send the image file itself as the body (curl --data-binary @photo.jpg); URLs are not fetched';
+    t.equal(
+      await ask('https://example.com/cat.jpg'),
+      `the body is not an image in an accepted format (jpeg, png, webp): it is a URL, "https://example.com/cat.jpg". ${tail}`,
+    );
+    t.match(await ask('{"url": "x"}'), /: it is JSON, "\{\\"url\\": \\"x\\"\}"\. Send/);
+    t.match(await ask('<svg/>'), /: it is markup \(HTML, XML or SVG\), "<svg\/>"\. Send/);
+    const binary = await predict(app, 'mobilenetv2', Buffer.from([0, 1, 2, 0xfe, 5, 6, 7, 8, 9]));
+    t.match(binary.json<ErrorBody>().message, /: it is 9 bytes beginning 00 01 02 fe 05 06 07 08\. Send/);
+  });
+
+  t.test('a wrong method on a route is 405 with Allow', async (t) => {
+    const get = await app.inject({ method: 'GET', url: '/v1/models/mobilenetv2/predict' });
+    isError(t, get, 405, 'METHOD_NOT_ALLOWED');
+    t.equal(get.headers['allow'], 'POST');
+    t.equal(get.json<ErrorBody>().message, 'GET is not allowed on /v1/models/mobilenetv2/predict: use POST');
+    const del = await app.inject({ method: 'DELETE', url: '/v1/models' });
+    t.equal(del.statusCode, 405);
+    t.equal(del.headers['allow'], 'GET, HEAD');
+  });
+
   t.test('an unknown route is 404 NOT_FOUND with the same error body', async (t) => {
     // Not under /v2: unknown /v2 paths answer in the Open Inference Protocol's error format (test/v2).
     isError(t, await app.inject({ method: 'GET', url: '/v9/whatever' }), 404, 'NOT_FOUND');
@@ -452,7 +509,13 @@ t.test('request limits', sharedTestOptions(MOBILENET, 'images/street_notice_sign
   });
 
   t.test('a body over bodyLimitBytes is 413 BODY_TOO_LARGE', async (t) => {
-    isError(t, await predict(app, 'mobilenetv2', bigFile), 413, 'BODY_TOO_LARGE');
+    const raw = await predict(app, 'mobilenetv2', bigFile);
+    isError(t, raw, 413, 'BODY_TOO_LARGE');
+    t.equal(
+      raw.json<ErrorBody>().message,
+      `the request body (${Number((bigFile.length / 1024).toFixed(1))} KiB) is larger than the limit of 50000 bytes (48.8 KiB), set by OCULAR_BODY_LIMIT_BYTES`,
+      'the message names the limit and its option',
+    );
     const res = await predictMultipart(app, 'mobilenetv2', [{ name: 'big.jpg', data: bigFile, type: 'image/jpeg' }]);
     t.equal(res.statusCode, 413, 'a multipart file over the limit too');
     t.equal(res.json<ErrorBody>().code, 'BODY_TOO_LARGE');

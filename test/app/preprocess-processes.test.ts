@@ -55,7 +55,7 @@ t.test('detections and labels are the same with the images prepared in two child
 
   // The v2 API's BYTES inputs are prepared the same way.
   const jpeg = readFileSync(imagePath('soccer_player.jpg'));
-  const v2 = binaryRequest([{ name: 'input', datatype: 'BYTES', shape: [2], bytes: bytesElements([jpeg, jpeg]) }], {
+  const v2 = binaryRequest([{ name: 'image', datatype: 'BYTES', shape: [2], bytes: bytesElements([jpeg, jpeg]) }], {
     outputs: [{ name: 'output', parameters: { classification: 3 } }],
   });
   const v2Ask = (app: typeof inProcess.app) =>

@@ -1,5 +1,5 @@
 /**
- * Raw image bodies in pooled buffers (src/routes/raw-body.ts, src/core/body-pool.ts), through a real socket: a
+ * Raw image bodies in pooled buffers (src/plugins/raw-body.ts, src/core/body-pool.ts), through a real socket: a
  * buffer is reused only once its request is done with it, so answers stay right under concurrency, with clients
  * that leave mid-upload; refused bodies go back to the pool; chunked bodies and the body limit behave as before.
  */
@@ -65,9 +65,14 @@ t.test('a body refused before the pipeline goes back to the pool; a chunked body
   const pool = app.ocular.bodyPool;
   const photo = readFileSync(imagePath('soccer_player.jpg'));
   t.equal(pool.freeBytes, 0, 'a fresh pool holds nothing');
+  // An unknown model is refused from the URL, before its body is read: no buffer is taken at all.
   const unknown = await send(port, { path: '/v1/models/nope/predict', body: photo, headers: { 'content-type': 'application/octet-stream' } });
   t.equal(unknown.status, 404);
-  t.equal(pool.freeBytes, pool.capacityFor(photo.length), "the 404's body is back in the pool");
+  t.equal(pool.freeBytes, 0, 'the 404 took no buffer');
+  // A query refused by validation is refused after its body is read, before the pipeline.
+  const invalid = await send(port, { path: `${PATH}?top_k=${'9'.repeat(17)}`, body: photo, headers: { 'content-type': 'application/octet-stream' } });
+  t.equal(invalid.status, 400);
+  t.equal(pool.freeBytes, pool.capacityFor(photo.length), "the 400's body is back in the pool");
 
   const chunked = await new Promise<{ status: number; body: string }>((resolve, reject) => {
     const req = httpRequest({ host: '127.0.0.1', port, method: 'POST', path: PATH, agent: false, headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => {

@@ -1,7 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { ConfigError, helpText, optionTable, parseConfig } from '../../src/config/config.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { ConfigError, helpText, maxConnectionsOf, optionTable, parseConfig, tracingOf } from '../../src/config/config.js';
+import { openFileLimit } from '../../src/config/open-files.js';
 import { projectRoot } from '../helpers/shared.js';
 
 type Env = Record<string, string | undefined>;
@@ -301,6 +304,8 @@ t.test('the README table rows cover every option, with defaults', async (t) => {
     ['OCULAR_LOG_LEVEL', '--log-level', 'info'],
     ['OCULAR_BODY_LIMIT_BYTES', '--body-limit-bytes', String(20 * 1024 * 1024)],
     ['OCULAR_MAX_INPUT_PIXELS', '--max-input-pixels', '40000000'],
+    ['OCULAR_MAX_JPEG_SCANS', '--max-jpeg-scans', '100'],
+    ['OCULAR_DECODE_TIMEOUT_MS', '--decode-timeout-ms', '10000'],
     ['OCULAR_MAX_FILES', '--max-files', '16'],
     ['OCULAR_IMAGE_FORMATS', '--image-formats', 'jpeg,png,webp'],
     ['OCULAR_SHUTDOWN_GRACE_MS', '--shutdown-grace-ms', '25000'],
@@ -318,9 +323,29 @@ t.test('the README table rows cover every option, with defaults', async (t) => {
     ['OCULAR_DOWNLOAD_STALL_MS', '--download-stall-ms', '30000'],
     ['OCULAR_HTTP_REQUEST_TIMEOUT_MS', '--http-request-timeout-ms', '60000'],
     ['OCULAR_HTTP_HEADERS_TIMEOUT_MS', '--http-headers-timeout-ms', '10000'],
+    ['OCULAR_MAX_CONNECTIONS', '--max-connections', 'auto'],
+    ['OCULAR_KEEP_ALIVE_TIMEOUT_MS', '--keep-alive-timeout-ms', '65000'],
+    ['OCULAR_PROBE_PORT', '--probe-port', ''],
+    ['OCULAR_TRACING', '--tracing', ''],
+    ['OTEL_EXPORTER_OTLP_ENDPOINT', '--otlp-endpoint', ''],
+    ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', '--otlp-traces-endpoint', ''],
+    ['OTEL_EXPORTER_OTLP_PROTOCOL', '--otlp-protocol', 'http/protobuf'],
+    ['OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', '--otlp-traces-protocol', ''],
     ['OCULAR_TENSOR_BODY_LIMIT_BYTES', '--tensor-body-limit-bytes', String(256 * 1024 * 1024)],
+    ['OCULAR_MAX_INFLIGHT_BODY_BYTES', '--max-inflight-body-bytes', String(512 * 1024 * 1024)],
+    ['OCULAR_PARSE_THREADS', '--parse-threads', '0'],
+    ['OCULAR_POSTPROCESS_THREADS', '--postprocess-threads', '0'],
+    ['OCULAR_PARSE_QUEUE_SIZE', '--parse-queue-size', '16'],
+    ['OCULAR_PARSE_TIMEOUT_MS', '--parse-timeout-ms', '10000'],
+    ['OCULAR_MAX_RESPONSE_BYTES', '--max-response-bytes', String(64 * 1024 * 1024)],
+    ['OCULAR_RESPONSE_WRITE_TIMEOUT_MS', '--response-write-timeout-ms', '30000'],
     ['OCULAR_MANIFEST_WATCH_MS', '--manifest-watch-ms', '2000'],
     ['OCULAR_SHARED_DIR', '--shared-dir', '../shared'],
+    ['OCULAR_MODEL_CONTROL', '--model-control', 'none'],
+    ['OCULAR_AUTH_ADMIN_KEYS_FILE', '--auth-admin-keys-file', ''],
+    ['OCULAR_GRPC_PORT', '--grpc-port', '8081'],
+    ['OCULAR_GRPC_TLS_CERT_FILE', '--grpc-tls-cert-file', ''],
+    ['OCULAR_GRPC_TLS_KEY_FILE', '--grpc-tls-key-file', ''],
   ];
   t.equal(rows.length, expected.length, 'one row per option');
   for (const [variable, flag, dflt] of expected) {
@@ -339,4 +364,57 @@ t.test('the README table rows cover every option, with defaults', async (t) => {
     const line = `| \`${variable}\` | \`${flag}\` | ${dflt === '' ? '' : `\`${dflt}\``} | ${meaning} |`;
     t.ok(readme.includes(line), `README.md has the row for ${variable}`);
   }
+});
+
+t.test('the connection cap: a number as given, auto under the open-file limit', async (t) => {
+  t.equal(parseConfig({ OCULAR_MAX_CONNECTIONS: '20' }).config.maxConnections, 20);
+  t.equal(parseConfig({}).config.maxConnections, 'auto');
+  t.match(configErrorOf(t, { OCULAR_MAX_CONNECTIONS: '0' })?.message ?? '', /OCULAR_MAX_CONNECTIONS/);
+  t.equal(maxConnectionsOf({ maxConnections: 20 }, 1024), 20, 'a number is kept');
+  t.equal(maxConnectionsOf({ maxConnections: 'auto' }, 1024), 768, 'under ulimit -n 1024: 256 descriptors kept for the rest');
+  t.equal(maxConnectionsOf({ maxConnections: 'auto' }, 1_048_576), 4096, 'a high limit: the memory bound');
+  t.equal(maxConnectionsOf({ maxConnections: 'auto' }, undefined), 4096, 'no limit known');
+  t.equal(maxConnectionsOf({ maxConnections: 'auto' }, 100), 16, 'a tiny limit still leaves a few connections');
+});
+
+t.test('the open-file limit is the soft limit of /proc/self/limits', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ocular-limits-'));
+  const file = join(dir, 'limits');
+  writeFileSync(file, 'Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 524288               files\n');
+  t.equal(openFileLimit(file), 1024);
+  writeFileSync(file, 'Max open files            unlimited            unlimited            files\n');
+  t.equal(openFileLimit(file), undefined, 'unlimited: none');
+  t.equal(openFileLimit(join(dir, 'absent')), undefined, 'unreadable: none');
+  if (process.platform === 'linux') t.ok((openFileLimit() ?? 0) > 0, 'this process has one');
+});
+
+t.test('tracing: off by default, on with an OTLP endpoint or OCULAR_TRACING, URLs as the OTLP specification resolves them', async (t) => {
+  const of = (env: Env) => tracingOf(parseConfig(env).config);
+  t.equal(of({}), undefined, 'off without an endpoint');
+  t.same(of({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318' }), { protocol: 'http/protobuf', url: 'http://collector:4318/v1/traces' });
+  t.same(of({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318/base/' }), { protocol: 'http/protobuf', url: 'http://collector:4318/base/v1/traces' });
+  t.same(of({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4317', OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' }), { protocol: 'grpc', url: 'http://collector:4317' });
+  t.same(
+    of({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://a:4318', OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://b:9999/traces', OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc', OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/protobuf' }),
+    { protocol: 'http/protobuf', url: 'http://b:9999/traces' },
+    'the traces variables win, the URL as given',
+  );
+  t.same(of({ OCULAR_TRACING: 'true' }), { protocol: 'http/protobuf', url: 'http://localhost:4318/v1/traces' }, 'on without an endpoint: the local collector');
+  t.same(of({ OCULAR_TRACING: 'on', OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'grpc' }), { protocol: 'grpc', url: 'http://localhost:4317' });
+  t.equal(of({ OCULAR_TRACING: 'false', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318' }), undefined, 'OCULAR_TRACING=false wins');
+  t.match(configErrorOf(t, { OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' })?.message ?? '', /OTEL_EXPORTER_OTLP_PROTOCOL/, 'http/json is refused, naming the variable');
+  t.match(configErrorOf(t, { OTEL_EXPORTER_OTLP_ENDPOINT: 'not a url' })?.message ?? '', /OTEL_EXPORTER_OTLP_ENDPOINT/);
+});
+
+t.test('the gRPC port: 8081 by default, 0 or off for none, never the HTTP or probe port; TLS files go together', async (t) => {
+  t.equal(parseConfig({}).config.grpcPort, 8081);
+  t.equal(parseConfig({ OCULAR_GRPC_PORT: 'off' }).config.grpcPort, 0);
+  t.equal(parseConfig({ OCULAR_GRPC_PORT: 'OFF' }).config.grpcPort, 0);
+  t.equal(parseConfig({ OCULAR_GRPC_PORT: '0' }).config.grpcPort, 0);
+  t.equal(parseConfig({}, ['--grpc-port', '9000']).config.grpcPort, 9000);
+  t.match(configErrorOf(t, { OCULAR_GRPC_PORT: 'on' })?.message ?? '', /OCULAR_GRPC_PORT/);
+  t.match(configErrorOf(t, { OCULAR_GRPC_PORT: '8080' })?.message ?? '', /OCULAR_GRPC_PORT=8080 is also PORT/);
+  t.match(configErrorOf(t, { OCULAR_PROBE_PORT: '8081' })?.message ?? '', /OCULAR_GRPC_PORT=8081 is also OCULAR_PROBE_PORT/);
+  t.equal(parseConfig({ OCULAR_PROBE_PORT: '8081', OCULAR_GRPC_PORT: 'off' }).config.probePort, 8081, 'no clash with gRPC off');
+  t.match(configErrorOf(t, { OCULAR_GRPC_TLS_CERT_FILE: '/c.pem' })?.message ?? '', /go together/);
 });

@@ -66,7 +66,7 @@ t.test('models.manifest.json parses, with defaults applied', async (t) => {
   t.equal(ocr.name, 'ocr');
   t.equal(ocr.version, 'ppocrv4-1');
   t.equal(ocr.detector.input.resize.mode, 'limit-round32');
-  t.equal(ocr.detector.input.dtype, 'float32', 'dtype default');
+  t.equal(ocr.detector.input.dtype, undefined, 'dtype: by default, what the model declares');
   t.equal(ocr.detector.instances, 1, 'instances default');
   t.equal(ocr.detector.maxDownloadBytes, 2 * 1024 ** 3, 'download cap default');
   t.same(ocr.recognizer.input.resize, { mode: 'stretch' }, 'resize default');
@@ -78,12 +78,14 @@ t.test('models.manifest.json parses, with defaults applied', async (t) => {
 t.test('the shared-models fixture manifest parses, with defaults applied', async (t) => {
   const loaded = await loadManifest(join(projectRoot, 'test', 'fixtures', 'shared.manifest.json'));
   const names = loaded.manifest.models.map((m) => m.name);
-  t.same(names, ['mobilenetv2', 'yolox-nano', 'ultraface', 'ocr', 'ocr-det', 'ocr-rec', 'deeplabv3']);
+  t.same(names, ['mobilenetv2', 'yolox-nano', 'ultraface', 'ocr', 'ocr-det', 'ocr-rec', 'deeplabv3', 'deeplabv3-seg']);
+  const seg = loaded.manifest.models.find((m) => m.name === 'deeplabv3-seg');
+  t.match(seg, { task: 'semantic-segmentation', output: { layout: 'NHWC' }, options: { upsample: 'nearest', minArea: 0 }, input: { layout: 'NHWC' } });
   const [mobilenet, yolox, ultraface] = loaded.manifest.models;
   t.equal(mobilenet?.task, 'image-classification');
   if (mobilenet?.task === 'image-classification') {
     t.equal(mobilenet.version, '12-int8');
-    t.equal(mobilenet.input.dtype, 'float32');
+    t.equal(mobilenet.input.dtype, undefined);
     t.equal(mobilenet.output, undefined);
   }
   if (yolox?.task === 'object-detection') {
@@ -116,10 +118,10 @@ t.test('a minimal entry gets every default', async (t) => {
       scale: 1 / 255,
       mean: [0, 0, 0],
       std: [1, 1, 1],
-      dtype: 'float32',
     },
   });
   t.equal(model?.batching.timeoutMs, undefined);
+  t.equal(model !== undefined && 'input' in model ? model.input.dtype : 'no input', undefined, "no dtype: the model's own input type");
 
   const partial = singleStage(parseManifest({ models: [entry({ batching: { maxBatchSize: 2 } })] }).models[0]);
   t.same(partial?.batching, { maxBatchSize: 2, maxQueueDelayMs: 0, maxQueueSize: 64, tune: 'cpu', padBatches: 'gpu' }, 'defaults fill a partial batching');
@@ -132,6 +134,11 @@ t.test('a minimal entry gets every default', async (t) => {
     options: { scoreThreshold: 0.3, iouThreshold: 0.45, maxDetections: 100, classAgnostic: false },
     input: { resize: { mode: 'letterbox', anchor: 'center', padValue: 114 } },
   });
+
+  const seg = parseManifest({ models: [entry({ task: 'semantic-segmentation' })] }).models[0];
+  t.match(seg, { output: { layout: 'NCHW' }, options: { upsample: 'nearest', minArea: 0 } }, 'segmentation: NCHW logits, nearest');
+  t.throws(() => parseManifest({ models: [entry({ task: 'semantic-segmentation', output: { layout: 'HWC' } })] }), /output\.layout/);
+  t.throws(() => parseManifest({ models: [entry({ task: 'semantic-segmentation', options: { upsample: 'cubic' } })] }), /options\.upsample/);
 });
 
 t.test('an https source with a sha256 is accepted', async (t) => {
@@ -188,7 +195,9 @@ t.test('invalid manifests are refused with a message naming the path', async (t)
     ['width 0', { models: [entry({ input: input({ width: 0 }) })] }, /models\[0\]\.input\.width: /],
     ['width as a string', { models: [entry({ input: input({ width: '224' }) })] }, /models\[0\]\.input\.width: .*expected number/],
     ['maxBatchSize 0', { models: [entry({ batching: { maxBatchSize: 0 } })] }, /models\[0\]\.batching\.maxBatchSize: .*>=1/],
-    ['classification without labels', { models: [entry({ labels: undefined })] }, /models\[0\]\.labels: /],
+    ['URL labels without labelsSha256', { models: [entry({ labels: 'https://example.com/labels.txt' })] }, /models\[0\]\.labelsSha256: a URL labels file must carry a labelsSha256/],
+    ['labels of another scheme', { models: [entry({ labels: 'ftp://example.com/labels.txt' })] }, /models\[0\]\.labels: a URL source must be https:\/\//],
+    ['a bad labelsSha256', { models: [entry({ labelsSha256: 'abc' })] }, /models\[0\]\.labelsSha256: must be 64 lowercase hex digits/],
     ['detection without head', { models: [entry({ task: 'object-detection' })] }, /models\[0\]\.head: /],
     ['unknown provider', { models: [entry({ providers: ['rocm'] })] }, /models\[0\]\.providers\[0\]: /],
     ['instances 0', { models: [entry({ instances: 0 })] }, /models\[0\]\.instances: /],
@@ -214,7 +223,9 @@ t.test('the path of a problem in the second model or an OCR stage is exact', asy
   };
   t.match(manifestErrorOf(t, { models: [ocr] }), /models\[0\]\.detector\.sha256: a URL source must carry a sha256/);
   const badRec = { ...ocr, detector: { ...ocr.detector, sha256: SHA }, recognizer: { ...ocr.recognizer, labels: undefined } };
-  t.match(manifestErrorOf(t, { models: [badRec] }), /models\[0\]\.recognizer\.labels: /);
+  t.match(manifestErrorOf(t, { models: [badRec] }), /models\[0\]\.recognizer\.labels: /, "the recogniser's dictionary is required: no model carries it");
+  const urlRec = { ...ocr, detector: { ...ocr.detector, sha256: SHA }, recognizer: { ...ocr.recognizer, labels: 'https://example.com/keys.txt' } };
+  t.match(manifestErrorOf(t, { models: [urlRec] }), /models\[0\]\.recognizer\.labelsSha256: a URL labels file must carry/);
   const goodOcr = parseManifest({ models: [{ ...ocr, detector: { ...ocr.detector, sha256: SHA } }] }).models[0];
   t.match(goodOcr, { options: { binaryThreshold: 0.3, boxThreshold: 0.6, unclipRatio: 1.5, minTextScore: 0.5 } });
 });
@@ -276,3 +287,11 @@ t.test('docs/manifest.schema.json is up to date (regenerate: npx tsx scripts/wri
 function escape(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
+
+t.test('labels may be left out (class names from the model) or given as an https:// URL with labelsSha256', async (t) => {
+  const SHA = 'a'.repeat(64);
+  const none = singleStage(parseManifest({ models: [entry({ labels: undefined })] }).models[0]);
+  t.equal(none !== undefined && 'labels' in none ? none.labels : 'absent', undefined);
+  const url = parseManifest({ models: [entry({ labels: 'https://example.com/labels.txt', labelsSha256: SHA })] }).models[0];
+  t.match(url, { labels: 'https://example.com/labels.txt', labelsSha256: SHA });
+});

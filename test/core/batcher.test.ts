@@ -1,7 +1,8 @@
 import { getEventListeners } from 'node:events';
 import t from 'tap';
-import { Batcher, systemClock } from '../../src/core/batcher.js';
-import type { BatcherOptions, Clock, EnqueueResult } from '../../src/core/batcher.js';
+import { Batcher } from '../../src/core/batcher.js';
+import type { BatcherOptions, EnqueueResult } from '../../src/core/batcher-options.js';
+import { systemClock, type Clock } from '../../src/core/clock.js';
 import { OcularError } from '../../src/errors.js';
 
 /** A clock whose time moves only when the test advances it; due timers fire in order of due time. */

@@ -47,3 +47,21 @@ t.test('at most maxFreePerClass buffers are kept per class; bodies past maxBytes
   t.throws(() => pool.acquire(-1), RangeError);
   t.throws(() => pool.acquire(1.5), RangeError);
 });
+
+t.test('inUse counts the buffers handed out until each is released; a closed pool keeps none', async (t) => {
+  const pool = new BodyPool({ maxBytes: 64 * 1024 });
+  const pooled = pool.acquire(1000);
+  const large = pool.acquire(100_000);
+  t.equal(pool.inUse, 2, 'pooled and unpooled buffers both count');
+  pooled.release();
+  pooled.release();
+  large.release();
+  t.equal(pool.inUse, 0, 'each counted back once');
+  t.equal(pool.freeBytes, 64 * 1024);
+  const late = pool.acquire(1000);
+  pool.close();
+  t.equal(pool.freeBytes, 0, 'closing drops the free buffers');
+  late.release();
+  t.equal(pool.inUse, 0);
+  t.equal(pool.freeBytes, 0, 'a buffer released after close is not kept');
+});

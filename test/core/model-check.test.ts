@@ -14,6 +14,8 @@ import {
   ModelCheckError,
 } from '../../src/core/model-check.js';
 import { ModelLoadError, ModelRegistry } from '../../src/core/registry.js';
+import { createTaskPipeline } from '../../src/tasks/index.js';
+import { MaskPool } from '../../src/tasks/segmentation/mask-pool.js';
 import { noopTelemetry } from '../../src/core/telemetry.js';
 import type { TensorMeta } from '../../src/core/types.js';
 import { modelPath, sharedTestOptions } from '../helpers/shared.js';
@@ -89,9 +91,20 @@ t.test('checkImageInput', async (t) => {
     t.match(message, /^model "m": input\.layout: .*rank 3 \(\[1,3,224\]\)/);
   });
 
-  t.test('a non-float32 input is refused naming input.dtype', async (t) => {
-    const message = checkErrorOf(t, () => checkImageInput('m', 'input', spec(), [meta('x', [1, 3, 224, 224], 'uint8')]));
-    t.match(message, /^model "m": input\.dtype: the model's input "x" is uint8, not float32/);
+  t.test('float32, float16 and uint8 inputs are taken; another type is refused naming input.dtype', async (t) => {
+    for (const type of ['float32', 'float16', 'uint8']) t.ok(checkImageInput('m', 'input', spec(), [meta('x', [1, 3, 224, 224], type)]), type);
+    const message = checkErrorOf(t, () => checkImageInput('m', 'input', spec(), [meta('x', [1, 3, 224, 224], 'int64')]));
+    t.match(message, /^model "m": input\.dtype: the model's input "x" is int64; an image input may be float32, float16, uint8/);
+  });
+
+  t.test("a manifest dtype is checked against the model's", async (t) => {
+    t.ok(checkImageInput('m', 'input', spec({ dtype: 'uint8', layout: 'NHWC' }), [meta('x', [1, 224, 224, 3], 'uint8')]));
+    const message = checkErrorOf(t, () => checkImageInput('m', 'input', spec({ dtype: 'float16' }), [meta('x', [1, 3, 224, 224])]));
+    t.match(message, /^model "m": input\.dtype: the manifest says float16, the model's input "x" is float32/);
+  });
+
+  t.test('a dynamic height and width take the manifest size (detection exports with dynamic axes)', async (t) => {
+    t.ok(checkImageInput('m', 'input', spec({ width: 416, height: 416 }), [meta('x', [-1, 3, -1, -1])]));
   });
 
   t.test('a named input is found among several', async (t) => {
@@ -223,6 +236,7 @@ async function registryFor(t: Test, over: { width?: number; labels?: string }): 
     config: { ...config, device: 'cpu', intraOpThreads: 1, cacheDir: join(dir, 'cache') },
     logger: pino({ level: 'silent' }),
     telemetry: noopTelemetry,
+    createPipeline: createTaskPipeline({ masks: new MaskPool(), maxResponseBytes: 64 * 1024 * 1024 }),
   });
   t.teardown(() => registry.close());
   return registry;

@@ -1,13 +1,10 @@
-import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:https';
-import { createServer as createPlainServer, type IncomingMessage, type RequestListener, type Server as PlainServer, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { resolveSource, sha256File, SourceError, type SourceOptions } from '../../src/core/source.js';
+import { makeCert, startPlainServer, startServer } from '../helpers/https-server.js';
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -81,99 +78,8 @@ t.test('local paths', async (t) => {
 });
 
 // ---------------------------------------------------------------------------------------------------------------
-// URL sources, against a local HTTPS server with a certificate made for this run
+// URL sources, against a local HTTPS server with a certificate made for this run (test/helpers/https-server.ts)
 // ---------------------------------------------------------------------------------------------------------------
-
-interface Tls {
-  key: Buffer;
-  cert: Buffer;
-}
-
-/** A self-signed certificate for 127.0.0.1 and localhost, or the reason there is none. */
-async function makeCert(): Promise<Tls | string> {
-  const dir = await mkdtemp(join(tmpdir(), 'ocular-tls-'));
-  try {
-    const keyPath = join(dir, 'key.pem');
-    const certPath = join(dir, 'cert.pem');
-    try {
-      execFileSync(
-        'openssl',
-        [
-          'req',
-          '-x509',
-          '-newkey',
-          'rsa:2048',
-          '-nodes',
-          '-subj',
-          '/CN=localhost',
-          '-addext',
-          'subjectAltName=IP:127.0.0.1,DNS:localhost',
-          '-days',
-          '1',
-          '-keyout',
-          keyPath,
-          '-out',
-          certPath,
-        ],
-        { stdio: 'pipe' },
-      );
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'openssl is not installed: cannot make a test certificate';
-      throw err;
-    }
-    return { key: await readFile(keyPath), cert: await readFile(certPath) };
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
-
-type Handler = (req: IncomingMessage, res: ServerResponse) => void;
-
-interface FakeServer {
-  url(path: string): string;
-  /** Paths requested, in order. */
-  requests: string[];
-}
-
-/** Answers each path from `routes` (404 otherwise), recording the paths asked for. */
-function routeRequests(routes: Record<string, Handler>, requests: string[]): RequestListener {
-  return (req, res) => {
-    const path = req.url ?? '/';
-    requests.push(path);
-    // The client may hang up mid-body on purpose (size cap, stall): that is not a server failure.
-    res.on('error', () => {});
-    const handler = routes[path];
-    if (handler === undefined) {
-      res.writeHead(404).end('not found');
-      return;
-    }
-    handler(req, res);
-  };
-}
-
-/** Listens on 127.0.0.1 at a free port, closes on teardown; urls use `scheme`. */
-async function listen(t: Test, server: Server | PlainServer, scheme: 'https' | 'http', requests: string[]): Promise<FakeServer> {
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(async () => {
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  const { port } = server.address() as AddressInfo;
-  return { url: (path) => `${scheme}://127.0.0.1:${port}${path}`, requests };
-}
-
-async function startServer(t: Test, tls: Tls, routes: Record<string, Handler>): Promise<FakeServer> {
-  const requests: string[] = [];
-  const server: Server = createServer({ key: tls.key, cert: tls.cert }, routeRequests(routes, requests));
-  server.on('tlsClientError', () => {});
-  return listen(t, server, 'https', requests);
-}
-
-/** A plain HTTP server on 127.0.0.1 (an internal mirror), closed on teardown. */
-async function startPlainServer(t: Test, routes: Record<string, Handler>): Promise<FakeServer> {
-  const requests: string[] = [];
-  return listen(t, createPlainServer(routeRequests(routes, requests)), 'http', requests);
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // http:// sources: refused unless allowed (OCULAR_ALLOW_HTTP_SOURCES), then fetched like https://

@@ -13,6 +13,8 @@ interface Service {
   restart?: string;
   read_only?: boolean;
   ports?: string[];
+  devices?: string[];
+  group_add?: string[];
   deploy?: { resources?: { reservations?: { devices?: { driver?: string; count?: number; capabilities?: string[] }[] } } };
 }
 interface Compose {
@@ -63,6 +65,14 @@ t.test('compose.yaml serves what the server registers, the way the issue asks', 
   const devices = gpu[0]?.[1].deploy?.resources?.reservations?.devices ?? [];
   t.same(devices, [{ driver: 'nvidia', count: 1, capabilities: ['gpu'] }], 'it reserves one NVIDIA GPU');
 
+  const webgpu = services.filter(([, s]) => s.profiles?.includes('webgpu'));
+  t.equal(webgpu.length, 1, 'one webgpu-profile service (AMD and Intel GPUs through Vulkan)');
+  const [, wg] = webgpu[0] ?? ['', {} as Service];
+  t.same(wg.devices, ['/dev/dri:/dev/dri'], 'it passes the DRI render nodes through');
+  t.same(wg.group_add, ['${OCULAR_RENDER_GID:-video}'], "with the render nodes' group, set per host");
+  t.equal(wg.environment?.['OCULAR_DEVICE'], '${OCULAR_WEBGPU_DEVICE:-webgpu}', 'webgpu or fail at startup');
+  t.match(JSON.stringify(wg), /"target":"runtime-webgpu"/, 'built from the runtime-webgpu target');
+
   const prom = services.find(([, s]) => s.profiles?.includes('monitoring'));
   t.ok(prom, 'a monitoring-profile service (Prometheus)');
   const promConfig = readYaml<{ scrape_configs: { metrics_path?: string; static_configs: { targets: string[] }[] }[] }>(
@@ -71,9 +81,9 @@ t.test('compose.yaml serves what the server registers, the way the issue asks', 
   const job = promConfig.scrape_configs[0];
   t.equal(job?.metrics_path ?? '/metrics', facts.metricsPath, 'Prometheus scrapes the server\'s metrics route');
   const targets = job?.static_configs.flatMap((c) => c.targets) ?? [];
-  for (const [name] of [...plain, ...gpu]) t.ok(targets.includes(`${name}:8080`), `Prometheus scrapes ${name}`);
+  for (const [name] of [...plain, ...gpu, ...webgpu]) t.ok(targets.includes(`${name}:8080`), `Prometheus scrapes ${name}`);
 
-  for (const [name, s] of [...plain, ...gpu]) {
+  for (const [name, s] of [...plain, ...gpu, ...webgpu]) {
     t.ok(s.volumes?.includes('${OCULAR_MODELS_DIR:-./models}:/models:ro'), `${name} mounts ./models read-only at /models`);
     t.ok(s.volumes?.some((v) => /^[a-z][a-z0-9-]*:\/var\/cache\/ocular$/.test(v)), `${name} has a named cache volume`);
     t.equal(s.environment?.['OCULAR_MANIFEST'], '${OCULAR_MANIFEST:-/models/models.manifest.json}', `${name}: manifest path from env`);
@@ -82,6 +92,9 @@ t.test('compose.yaml serves what the server registers, the way the issue asks', 
     const test = s.healthcheck?.test ?? [];
     t.equal(test[0], 'CMD', `${name}: exec-form healthcheck`);
     t.ok(test.join(' ').includes(`'${facts.readinessPath}'`), `${name}: healthcheck probes the readiness route ${facts.readinessPath}`);
+    if (s.environment?.['OCULAR_PROBE_PORT'] !== undefined) {
+      t.ok(test.join(' ').includes('process.env.OCULAR_PROBE_PORT'), `${name}: healthcheck on the probe listener, which answers at the connection cap`);
+    }
     t.ok(s.ports?.some((p) => p.endsWith(':8080')), `${name} publishes the server's port`);
   }
   for (const v of Object.keys(compose.volumes ?? {})) t.ok(v.length > 0, `named volume ${v} declared`);

@@ -11,6 +11,8 @@ export interface RuleContext {
   readinessPath: string;
   /** The port the server listens on by default (from its config). */
   port: number;
+  /** The gRPC port the server listens on by default (from its config; 0: none). */
+  grpcPort?: number;
 }
 
 interface Stage {
@@ -20,7 +22,7 @@ interface Stage {
   instructions: Instruction[];
 }
 
-const DEPENDENCY_FILES = new Set(['package.json', 'package-lock.json', '.npmrc']);
+const DEPENDENCY_FILES = new Set(['package.json', 'package-lock.json']);
 /** Any path that would bring weights or a manifest of local models into an image. */
 const MODEL_PATH = /\.onnx\b|(^|\/)models?(\/|$)|models\.manifest\.json|@gutenye|ocr-models/;
 
@@ -193,6 +195,9 @@ export function lintDockerfile(text: string, ctx: RuleContext): string[] {
     if (entry === undefined || !/^\[\s*"[^"]*tini"/.test(args(entry))) fail(`${name}: ENTRYPOINT must run tini as PID 1 (exec form)`);
     const exposed = own('EXPOSE').flatMap((i) => args(i).split(/\s+/));
     if (!exposed.some((p) => p.replace(/\/tcp$/, '') === String(ctx.port))) fail(`${name}: does not EXPOSE the server's port ${ctx.port}`);
+    if (ctx.grpcPort !== undefined && ctx.grpcPort !== 0 && !exposed.some((p) => p.replace(/\/tcp$/, '') === String(ctx.grpcPort))) {
+      fail(`${name}: does not EXPOSE the server's gRPC port ${ctx.grpcPort}`);
+    }
     const env = own('ENV').map(args).join(' ');
     if (!/OCULAR_MANIFEST=\/models\/models\.manifest\.json/.test(env)) fail(`${name}: OCULAR_MANIFEST must default to the mounted /models/models.manifest.json`);
     if (name === 'runtime-gpu') {

@@ -8,7 +8,7 @@ const dockerfile = readFileSync(repoPath('docker', 'Dockerfile'), 'utf8');
 
 t.test('docker/Dockerfile follows the project rules', async (t) => {
   const facts = await readServerFacts(t);
-  const ctx: RuleContext = { readinessPath: facts.readinessPath, port: configForEnv({}).port };
+  const ctx: RuleContext = { readinessPath: facts.readinessPath, port: configForEnv({}).port, grpcPort: configForEnv({}).grpcPort };
   t.same(lintDockerfile(dockerfile, ctx), [], 'no violations');
   t.same(lintDockerignore(readFileSync(repoPath('.dockerignore'), 'utf8')), [], '.dockerignore keeps the context lean');
 
@@ -27,11 +27,12 @@ t.test('docker/Dockerfile follows the project rules', async (t) => {
     ['no tini', (s) => s.replace('ENTRYPOINT ["/usr/bin/tini", "--"]\nCMD ["node", "--initial-old-space-size=128", "dist/src/main.js"]\n\n', 'CMD ["node", "--initial-old-space-size=128", "dist/src/main.js"]\n\n'), /tini/],
     ['models copied in', (s) => s.replace('COPY package.json ./\nUSER', 'COPY models /models\nCOPY package.json ./\nUSER'), /models into the image/],
     ['an .onnx file added', (s) => s.replace('COPY package.json ./\nUSER', 'ADD https://example.com/m.onnx /app/\nCOPY package.json ./\nUSER'), /models into the image/],
-    ['sources before npm ci', (s) => s.replace('COPY package.json package-lock.json .npmrc ./', 'COPY package.json package-lock.json .npmrc ./\nCOPY src ./src'), /copied before npm ci/],
+    ['sources before npm ci', (s) => s.replace('COPY package.json package-lock.json ./', 'COPY package.json package-lock.json ./\nCOPY src ./src'), /copied before npm ci/],
     ['npm ci without the CA secret', (s) => s.replace('RUN --mount=type=secret,id=npm_ca --mount=type=cache', 'RUN --mount=type=cache'), /npm_ca/],
     ['dev dependencies in the runtime', (s) => s.replace('COPY --from=prod-deps /app/node_modules', 'COPY --from=deps /app/node_modules'), /production-only/],
     ['no NVIDIA_DRIVER_CAPABILITIES', (s) => s.replace(/ \\\n {4}NVIDIA_DRIVER_CAPABILITIES=[^\n]*/, ''), /NVIDIA_DRIVER_CAPABILITIES/],
-    ['no EXPOSE', (s) => s.replace('EXPOSE 8080\n', ''), /EXPOSE/],
+    ['no EXPOSE', (s) => s.replaceAll(/EXPOSE [^\n]*\n/g, ''), /EXPOSE/],
+    ['no gRPC port exposed', (s) => s.replaceAll('EXPOSE 8080 8081\n', 'EXPOSE 8080\n'), /gRPC port 8081/],
     ['a syntax line', (s) => `# syntax=docker/dockerfile:1\n${s}`, /syntax/],
     ['a heredoc', (s) => s.replace('RUN npm run build', "RUN <<EOF\nnpm run build\nEOF"), /heredoc/],
     ['the CUDA provider never installed', (s) => s.replace('ONNXRUNTIME_NODE_INSTALL="$ORT_NODE_INSTALL"', 'X=1'), /ORT_NODE_INSTALL/],
@@ -55,4 +56,27 @@ t.test('both runtime images start Ocular with the node options of npm start', as
   const cmds = [...dockerfile.matchAll(/^CMD (\[.*\])$/gm)].map((m) => JSON.parse(m[1] ?? '[]') as string[]);
   t.equal(cmds.length, 2, 'one CMD per runtime target (the HEALTHCHECK commands are indented)');
   for (const cmd of cmds) t.same(cmd, ['node', ...options, 'dist/src/main.js']);
+});
+
+t.test('the runtime-webgpu target adds the Vulkan loader and Mesa 25 to the CPU image, and runs as the same user', async (t) => {
+  const at = dockerfile.indexOf('FROM runtime-cpu AS runtime-webgpu');
+  t.ok(at > 0, 'a runtime-webgpu target built on runtime-cpu');
+  const next = dockerfile.indexOf('\nFROM ', at + 1);
+  const stage = dockerfile.slice(at, next < 0 ? undefined : next);
+  t.match(stage, /-backports main/, "bookworm-backports in apt's sources (Debian 12's Mesa 22.3 lavapipe is refused by Dawn)");
+  t.match(stage, /apt-get install -y --no-install-recommends -t "\$\{VERSION_CODENAME\}-backports" mesa-vulkan-drivers libvulkan1/);
+  t.match(stage, /rm -rf \/var\/lib\/apt\/lists/, 'apt lists removed in the same layer');
+  t.match(stage, /OCULAR_DEVICE=webgpu/, 'WebGPU or fail at startup');
+  t.match(stage, /XDG_RUNTIME_DIR=\/tmp/, "Mesa's runtime folder on the writable tmpfs");
+  const users = [...stage.matchAll(/^USER (.+)$/gm)].map((m) => m[1]);
+  t.same(users.at(-1), '10001:10001', 'ends as the fixed non-root user');
+  t.equal(dockerfile.lastIndexOf('\nFROM '), dockerfile.indexOf('\nFROM ${CUDA_IMAGE} AS runtime-gpu'), 'runtime-gpu stays the last target');
+});
+
+t.test('the images carry the gRPC transport\'s inference.proto', async (t) => {
+  // tsc does not copy .proto files: the build script does, into dist/src, which each runtime stage copies whole.
+  const pkg = JSON.parse(readFileSync(repoPath('package.json'), 'utf8')) as { scripts: Record<string, string> };
+  t.match(pkg.scripts['build'], /cp src\/protocols\/grpc\/inference\.proto dist\/src\/protocols\/grpc\//, 'npm run build copies inference.proto into dist');
+  t.match(dockerfile, /RUN npm run build\n/, 'the build stage runs npm run build');
+  t.equal(dockerfile.match(/COPY --from=build \/app\/dist\/src \.\/dist\/src\n/g)?.length, 2, 'both runtime stages copy dist/src whole');
 });

@@ -22,6 +22,8 @@ export interface ServerFacts {
   hasGet(path: string): boolean;
   /** Metric names the server exports. */
   metricNames: Set<string>;
+  /** The status a GET of `path` answers while no model is loaded (a readiness route fails, a liveness route passes). */
+  statusWithoutModels(path: string): Promise<number>;
 }
 
 interface OpenApi {
@@ -43,7 +45,8 @@ export async function readServerFacts(t: { teardown(fn: () => unknown): void }):
   if (!hasGet(metricsPath)) throw new Error('the server registers no GET /metrics');
   const metricsText = (await app.inject({ method: 'GET', url: metricsPath })).body;
   const metricNames = new Set([...metricsText.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1] ?? ''));
-  return { livenessPath: bySummary('Liveness'), readinessPath: bySummary('Readiness'), metricsPath, hasGet, metricNames };
+  const statusWithoutModels = async (path: string) => (await app.inject({ method: 'GET', url: path })).statusCode;
+  return { livenessPath: bySummary('Liveness'), readinessPath: bySummary('Readiness'), metricsPath, hasGet, metricNames, statusWithoutModels };
 }
 
 /** The server's config for a container's environment: its port, grace, manifest path, exactly as it parses them. */

@@ -54,6 +54,15 @@ t.test('workflows parse and reference only what exists', async (t) => {
   t.equal(problems.length, 3, 'deliberate breaks (a missing npm script, script file and Dockerfile) are caught', { problems });
 });
 
+t.test('the dependency audit runs in the GitHub workflow and in .ci/run, and exit 3 (not run) is never a pass', async (t) => {
+  const ci = readYaml<Workflow>(readFileSync(repoPath('.github', 'workflows', 'ci.yml'), 'utf8'));
+  const auditSteps = Object.values(ci.jobs ?? {}).flatMap((j) => j.steps ?? []).filter((s) => (s.run ?? '').includes('npm run audit:prod'));
+  t.equal(auditSteps.length, 1, 'ci.yml runs npm run audit:prod');
+  t.match(auditSteps[0]?.run ?? '', /"\$status" -eq 3[\s\S]*::warning::/, 'exit 3 is reported as a warning');
+  t.match(pkg.scripts['audit:prod'] ?? '', /scripts\/audit-check\.ts/);
+  t.match(readFileSync(repoPath('.ci', 'run'), 'utf8'), /npx tsx scripts\/audit-check\.ts/, '.ci/run runs it too');
+});
+
 t.test('CI tests the supported LTS majors; images build both targets with a cache', async (t) => {
   const ci = readYaml<Workflow>(readFileSync(repoPath('.github', 'workflows', 'ci.yml'), 'utf8'));
   const steps = ci.jobs?.['test']?.steps ?? [];

@@ -11,7 +11,8 @@ import type { FastifyInstance } from 'fastify';
 import { buildTestApp } from '../helpers/app.js';
 import { imagePath, sharedTestOptions } from '../helpers/shared.js';
 import { hostileCorpus, leaks, multipartBody, storedForOrientation, writeManifest, type Expect } from '../helpers/hostile.js';
-import { ErrorBodySchema, MultipartResultSchema, PredictResultSchema } from '../../src/routes/schemas.js';
+import { ErrorBodySchema } from '../../src/errors.js';
+import { MultipartResultSchema, PredictResultSchema } from '../../src/routes/schemas.js';
 
 const PHOTO = 'images/cat_chelsea.png';
 /**

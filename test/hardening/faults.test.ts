@@ -17,6 +17,7 @@ import { buildTestApp } from '../helpers/app.js';
 import { imagePath, modelPath, sharedTestOptions } from '../helpers/shared.js';
 import { writeManifest } from '../helpers/hostile.js';
 import { ModelLoadError } from '../../src/core/registry.js';
+import { testHooksOf } from '../../src/core/runner/fault-injection.js';
 
 const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
 const PHOTO = 'images/cat_chelsea.png';
@@ -58,7 +59,8 @@ t.test('a broken model file is caught at startup', opts, async (t) => {
 
   t.test('missing', async (t) => {
     const { app, loaded } = await appWithModel(t, (m) => ({ ...m, source: join(dir, 'absent.onnx'), sha256: undefined }));
-    await expectUnavailable(t, app, loaded, /cannot be read.*ENOENT/);
+    // One line naming the entry, the field and the path (issue #20), no stack.
+    await expectUnavailable(t, app, loaded, /manifest entry "mobilenetv2" source: .*absent\.onnx does not exist/);
   });
 
   t.test('truncated (no checksum: onnxruntime refuses it)', async (t) => {
@@ -192,12 +194,12 @@ t.test('run-time faults', opts, async (t) => {
 
   /** Holds the worker, lets `n` requests queue (one batch in the pool, the rest in the batcher), then runs `fault`. */
   async function batchesWithFault(n: number, fault: 'throw' | 'exit') {
-    const hold = stage!.pool.hold();
+    const hold = testHooksOf(stage!.pool).hold();
     await hold.entered;
     const answers = Array.from({ length: n }, () => post(app, photo));
     // The first request's batch waits in the pool behind the hold; the others wait in the batcher for it.
-    await until('the requests to queue', () => stage!.batcher.depth >= n - 1);
-    stage!.pool.injectFault(fault);
+    await until('the requests to queue', () => (stage!.batcher?.depth ?? 0) >= n - 1);
+    testHooksOf(stage!.pool).injectFault(fault);
     hold.release();
     return Promise.all(answers);
   }
@@ -241,20 +243,20 @@ t.test('run-time faults', opts, async (t) => {
     t.equal(await dropped(), before + 1, 'mid-upload: counted once in ocular_requests_dropped_total{reason="client_closed"}');
 
     // Mid-inference: the worker is held, the request waits in the queue, its client leaves.
-    const hold = stage.pool.hold();
+    const hold = testHooksOf(stage.pool).hold();
     await hold.entered;
     const blocker = post(app, photo); // its batch waits in the pool behind the hold
     // Its batch has left the batcher for the pool (a depth of 0 alone is also true before it was enqueued).
-    await until('the blocker to reach the pool', () => stage.batcher.running === 1 && stage.batcher.depth === 0);
+    await until('the blocker to reach the pool', () => stage.batcher?.running === 1 && stage.batcher?.depth === 0);
     const batchesBefore = await batches();
     const droppedBefore = await dropped();
     const client = connect(port, '127.0.0.1');
     await new Promise<void>((resolve) => client.once('connect', () => resolve()));
     client.write(`POST /v1/models/mobilenetv2/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: ${photo.length}\r\n\r\n`);
     client.write(photo);
-    await until('the request to queue', () => stage.batcher.depth === 1);
+    await until('the request to queue', () => stage.batcher?.depth === 1);
     client.destroy();
-    await until('the queued request to leave the queue', () => stage.batcher.depth === 0);
+    await until('the queued request to leave the queue', () => stage.batcher?.depth === 0);
     hold.release();
     t.equal((await blocker).statusCode, 200, 'the other request answers');
     const end = Date.now() + 5000;

@@ -13,7 +13,8 @@ import { buildTestApp, sharedManifestPath } from '../helpers/app.js';
 import { imagePath, sharedTestOptions } from '../helpers/shared.js';
 import { leaks, writeManifest } from '../helpers/hostile.js';
 import { imageMutation, validImage, mutate } from '../helpers/fuzz.js';
-import { ErrorBodySchema, PredictResultSchema } from '../../src/routes/schemas.js';
+import { ErrorBodySchema } from '../../src/errors.js';
+import { PredictResultSchema } from '../../src/routes/schemas.js';
 import { ManifestError, parseManifest } from '../../src/config/manifest.js';
 
 const SEED = Number(process.env['OCULAR_FUZZ_SEED'] ?? 20260505);

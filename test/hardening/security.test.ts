@@ -156,6 +156,35 @@ t.test('without a keys file, headers, request ids and answers', sharedTestOption
   });
 });
 
+/**
+ * Whether `text` can open an outbound HTTP connection: fetch, undici, require('http(s)'), a `.request(` call, or an
+ * import from node:http(s) of anything but the server side (createServer and types: a listener accepts, it does
+ * not connect). A namespace or default import of node:http(s) counts as a client.
+ */
+function usesHttpClient(text: string): boolean {
+  if (/\bfetch\(|from 'undici'|require\('https?'\)|\.request\(/.test(text)) return true;
+  const SERVER_SIDE = new Set(['createServer', 'Server', 'ServerOptions', 'IncomingMessage', 'ServerResponse']);
+  for (const m of text.matchAll(/import\s+(type\s+)?([^;]*?)\s+from 'node:https?'/g)) {
+    if (m[1] !== undefined) continue;
+    const names = /^\{([^}]*)\}$/.exec((m[2] ?? '').trim())?.[1];
+    if (names === undefined) return true;
+    const imported = names.split(',').map((n) => n.trim().replace(/^type\s+/, '').split(/\s+as\s+/)[0] ?? '').filter((n) => n !== '');
+    if (!imported.every((n) => SERVER_SIDE.has(n))) return true;
+  }
+  return false;
+}
+
+t.test('the HTTP client check tells a client import from a server one', async (t) => {
+  t.ok(usesHttpClient("import { request } from 'node:http';"), 'request');
+  t.ok(usesHttpClient("import { get as g } from 'node:https';"), 'get, renamed');
+  t.ok(usesHttpClient("import { createServer, Agent } from 'node:http';"), 'an Agent beside a server');
+  t.ok(usesHttpClient("import http from 'node:http';"), 'a default import');
+  t.ok(usesHttpClient("import * as http from 'node:http';"), 'a namespace import');
+  t.ok(usesHttpClient('await fetch(url);'), 'fetch');
+  t.notOk(usesHttpClient("import { type IncomingMessage, createServer } from 'node:http';"), 'a listener');
+  t.notOk(usesHttpClient("import type { Agent } from 'node:http';"), 'types only');
+});
+
 t.test('no route fetches a URL a client supplies: no HTTP client outside model sources', async (t) => {
   const offenders: string[] = [];
   const walk = (dir: string): void => {
@@ -166,7 +195,7 @@ t.test('no route fetches a URL a client supplies: no HTTP client outside model s
         const text = readFileSync(path, 'utf8');
         const rel = path.slice(projectRoot.length + 1);
         if (rel === join('src', 'core', 'source.ts')) continue;
-        if (/\bfetch\(|from 'node:https?'|from 'undici'|require\('https?'\)|\.request\(/.test(text)) offenders.push(rel);
+        if (usesHttpClient(text)) offenders.push(rel);
       }
     }
   };

@@ -9,7 +9,7 @@ import { pino } from 'pino';
 import { buildApp } from '../../src/app.js';
 import { type Config, parseConfig } from '../../src/config/config.js';
 import { loadManifest } from '../../src/config/manifest.js';
-import { configureSharp } from '../../src/tasks/preprocess/image.js';
+import { configureSharp } from '../../src/core/preprocess/sharp-config.js';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -19,7 +19,7 @@ const fixtureManifestPath = join(projectRoot, 'test', 'fixtures', 'shared.manife
 /** How the fixture manifest names the shared folder: relative to its own folder, test/fixtures. */
 const FIXTURE_SHARED_PREFIX = '../../../shared/';
 
-type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
 function rebase(value: Json): Json {
   if (typeof value === 'string') {

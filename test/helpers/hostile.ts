@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { request as httpRequest, type Agent, type IncomingHttpHeaders } from 'node:http';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { crc32 } from 'node:zlib';
 import sharp, { type Sharp } from 'sharp';
 import { sharedManifestPath } from './app.js';
@@ -217,8 +217,10 @@ export async function hostileCorpus(photoPath: string, opts: { gif: boolean }): 
   add('mislabelled', 'a PNG labelled image/jpeg', png, 'image/jpeg', OK);
   add('mislabelled', 'a JPEG labelled image/png', jpeg, 'image/png', OK);
   add('mislabelled', 'a WebP labelled application/octet-stream', webp, 'application/octet-stream', OK);
-  add('mislabelled', 'a JPEG labelled text/plain', jpeg, 'text/plain', E415);
-  add('mislabelled', 'a JPEG labelled application/json', jpeg, 'application/json', E415);
+  // The bytes decide, never the header (README, "The API"): curl's --data-binary default and Python's requests.
+  add('mislabelled', 'a JPEG labelled text/plain', jpeg, 'text/plain', OK);
+  add('mislabelled', 'a JPEG labelled application/json', jpeg, 'application/json', OK);
+  add('mislabelled', 'a JPEG labelled application/x-www-form-urlencoded', jpeg, 'application/x-www-form-urlencoded', OK);
   add('mislabelled', 'a JPEG labelled image/svg+xml', jpeg, 'image/svg+xml', OK);
   add('not an image', 'HTML as image/jpeg', Buffer.from('<!doctype html><html><body><script>alert(1)</script></body></html>'), 'image/jpeg', E415);
   add('not an image', 'JSON as image/png', Buffer.from('{"image":"https://example.com/cat.png"}'), 'image/png', E415);
@@ -300,7 +302,9 @@ export function writeManifest(
   edit: (model: Record<string, unknown>) => Record<string, unknown> = (m) => m,
 ): string {
   const base = JSON.parse(readFileSync(sharedManifestPath, 'utf8')) as { models: Record<string, unknown>[] };
-  const abs = (p: unknown): string => join(sharedManifestPath, '..', String(p));
+  // resolve, not join: the copy written for an OCULAR_SHARED_DIR elsewhere (helpers/app.ts) holds absolute paths,
+  // which join would append to the manifest's folder.
+  const abs = (p: unknown): string => resolve(dirname(sharedManifestPath), String(p));
   const absStage = (s: unknown): unknown => {
     if (typeof s !== 'object' || s === null) return s;
     const o = s as Record<string, unknown>;

@@ -16,19 +16,30 @@ export interface ChildServer {
   kill(): void;
 }
 
-/** The child's environment: this process's minus test-runner hooks and OCULAR_* settings, plus `env`. */
+/**
+ * The child's environment: this process's minus test-runner hooks and OCULAR_* settings, plus `env`. gRPC is off
+ * unless `env` sets OCULAR_GRPC_PORT (its default, 8081, would collide between servers started in parallel).
+ */
 function childEnv(env: Record<string, string>): NodeJS.ProcessEnv {
   const base: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (k === 'NODE_OPTIONS' || k.startsWith('TAP') || k.startsWith('_TAPJS') || k.startsWith('OCULAR_')) continue;
     base[k] = v;
   }
-  return { ...base, HOST: '127.0.0.1', PORT: '0', OCULAR_DEVICE: 'cpu', OCULAR_INTRA_OP_THREADS: '1', ...env };
+  return { ...base, HOST: '127.0.0.1', PORT: '0', OCULAR_GRPC_PORT: 'off', OCULAR_DEVICE: 'cpu', OCULAR_INTRA_OP_THREADS: '1', ...env };
 }
 
-/** Starts src/main.ts with `env` (and CLI `args`); kill it in the test's teardown (`t.teardown(server.kill)`). */
-export function startServer(env: Record<string, string>, args: readonly string[] = []): ChildServer {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
+/**
+ * Starts src/main.ts with `env` (and CLI `args`); kill it in the test's teardown (`t.teardown(server.kill)`).
+ * `openFileLimit` runs it under `ulimit -n` (soft and hard) through bash, which then execs node (same pid).
+ */
+export function startServer(env: Record<string, string>, args: readonly string[] = [], opts: { openFileLimit?: number } = {}): ChildServer {
+  const nodeArgs = ['--import', 'tsx', 'src/main.ts', ...args];
+  const [command, commandArgs] =
+    opts.openFileLimit === undefined
+      ? [process.execPath, nodeArgs]
+      : ['bash', ['-c', `ulimit -n ${Math.floor(opts.openFileLimit)} && exec "$0" "$@"`, process.execPath, ...nodeArgs]];
+  const child = spawn(command, commandArgs, {
     cwd: projectRoot,
     env: childEnv(env),
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -13,8 +13,12 @@ import { projectRoot } from '../helpers/shared.js';
 const FILES: [string, RegExp][] = [
   ['/', /^text\/html; charset=utf-8$/],
   ['/app.js', /^text\/javascript; charset=utf-8$/],
+  ['/lib.js', /^text\/javascript; charset=utf-8$/],
   ['/style.css', /^text\/css; charset=utf-8$/],
   ['/favicon.svg', /^image\/svg\+xml$/],
+  ['/samples/television.png', /^image\/png$/],
+  ['/samples/stop-sign.png', /^image\/png$/],
+  ['/samples/no-parking.png', /^image\/png$/],
 ];
 
 /** A manifest whose models are never loaded here (load: false): only the routes are exercised. */
@@ -96,7 +100,7 @@ t.test('the page needs no inline script, no inline style and nothing from anothe
   t.notMatch(html, /<style\b/i, 'no <style> element');
   t.notMatch(html, /\sstyle\s*=/i, 'no style attribute');
   t.notMatch(html, /\son[a-z]+\s*=/i, 'no inline event handler');
-  for (const file of ['index.html', 'app.js', 'style.css', 'favicon.svg']) {
+  for (const file of ['index.html', 'app.js', 'lib.js', 'style.css', 'favicon.svg']) {
     const text = readFileSync(join(dir, file), 'utf8');
     const absolute = [...text.matchAll(/\b(?:https?:)?\/\/[a-z0-9.-]+\.[a-z]{2,}/gi)]
       .map((m) => m[0])
@@ -105,4 +109,17 @@ t.test('the page needs no inline script, no inline style and nothing from anothe
   }
   const js = readFileSync(join(dir, 'app.js'), 'utf8');
   t.notMatch(js, /\beval\(|new Function\(|innerHTML|insertAdjacentHTML|document\.write/, 'app.js builds the DOM without HTML strings');
+});
+
+t.test("the samples are the project's own drawings, small, and the OCR one is the README's example", async (t) => {
+  const samples = join(projectRoot, 'public', 'samples');
+  for (const file of ['television.png', 'stop-sign.png', 'no-parking.png']) {
+    const bytes = readFileSync(join(samples, file));
+    t.same([...bytes.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], `${file} is a PNG`);
+    t.ok(bytes.length < 16 * 1024, `${file} is small (${bytes.length} bytes)`);
+  }
+  t.ok(
+    readFileSync(join(samples, 'no-parking.png')).equals(readFileSync(join(projectRoot, 'examples', 'sign.png'))),
+    'scripts/make-examples.ts draws the same sign for both',
+  );
 });

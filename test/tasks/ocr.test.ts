@@ -3,21 +3,19 @@ import ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import type { ImageTransform } from '../../src/core/types.js';
 import { readLabels } from '../../src/tasks/labels.js';
-import {
-  DB_DEFAULTS,
-  RECOGNIZER_DEFAULTS,
-  ctcDecode,
-  ctcDecodeBatch,
-  cropTextLine,
-  dbPostprocess,
-  orderPointsClockwise,
-  resizeForRecognizer,
-  sortBoxes,
-} from '../../src/tasks/ocr/index.js';
-import type { Point, Quad, RecognizedText, RgbImage, TextBox } from '../../src/tasks/ocr/index.js';
+import { RECOGNIZER_DEFAULTS, cropTextLine, resizeForRecognizer, type RgbImage } from '../../src/tasks/ocr/crop.js';
+import { ctcDecode, type RecognizedText } from '../../src/tasks/ocr/ctc.js';
+import { DB_DEFAULTS, dbPostprocess, orderPointsClockwise, sortBoxes, type Point, type Quad, type TextBox } from '../../src/tasks/ocr/db-postprocess.js';
+
+/** Decodes every item of a `[N, T, C]` recogniser output (the pipeline decodes each crop's own steps instead). */
+function decodeEach(data: Float32Array, dims: readonly number[], labels: readonly string[]): RecognizedText[] {
+  const [n, steps, classes] = dims as [number, number, number];
+  const size = steps * classes;
+  return Array.from({ length: n }, (_, i) => ctcDecode(data.subarray(i * size, (i + 1) * size), steps, classes, labels));
+}
 import { roundHalfEven } from '../../src/tasks/ocr/db-postprocess.js';
-import { normalizeInto, normalizeParamsOf } from '../../src/tasks/preprocess/normalize.js';
-import type { NormalizeParams } from '../../src/tasks/preprocess/normalize.js';
+import { normalizeInto, normalizeParamsOf } from '../../src/core/runner/normalize.js';
+import type { NormalizeParams } from '../../src/core/runner/normalize.js';
 import { ppocrV4DetSpec } from '../fixtures/input-specs.js';
 import { imagePath, modelPath, readTensorProto, sharedTestOptions } from '../helpers/shared.js';
 
@@ -244,94 +242,6 @@ t.test('greedy CTC collapses repeats, drops blanks and maps the last class to a 
   t.equal(ctcDecode(ctcTensor([1, 3], 4), 2, 4, labels).text, 'ac', 'no space class when C = n + 1');
 });
 
-t.test('a CTC batch decodes item by item', async (t) => {
-  const labels = ['x', 'y'];
-  const a = ctcTensor([1, 0, 2, 2], 4);
-  const b = ctcTensor([0, 3, 1, 0], 4, 0.6);
-  const batch = new Float32Array(a.length + b.length);
-  batch.set(a);
-  batch.set(b, a.length);
-  const results = ctcDecodeBatch(batch, [2, 4, 4], labels);
-  t.same(
-    results.map((r) => r.text),
-    ['xy', ' x'],
-  );
-  t.ok(Math.abs(results[1]!.score - 0.6) < 1e-6);
-  t.throws(() => ctcDecodeBatch(batch, [8, 4], labels), RangeError);
-});
-
-// ---------------------------------------------------------------------------------------------------------------
-// Crops
-
-function gradientImage(width: number, height: number): RgbImage {
-  const pixels = new Uint8Array(width * height * 3);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      const o = (y * width + x) * 3;
-      pixels[o] = x % 256;
-      pixels[o + 1] = y % 256;
-      pixels[o + 2] = 200;
-    }
-  }
-  return { pixels, width, height };
-}
-
-t.test('an axis-aligned crop copies the pixels under the box', async (t) => {
-  const image = gradientImage(64, 48);
-  const crop = cropTextLine(image, [
-    [10, 5],
-    [40, 5],
-    [40, 20],
-    [10, 20],
-  ]);
-  t.equal(crop.width, 30);
-  t.equal(crop.height, 15);
-  t.same([...crop.pixels.subarray(0, 3)], [10, 5, 200], 'top-left pixel');
-  const last = (14 * 30 + 29) * 3;
-  t.same([...crop.pixels.subarray(last, last + 3)], [39, 19, 200], 'bottom-right pixel');
-});
-
-t.test('a tilted box is warped upright, and a tall one is turned counter-clockwise', async (t) => {
-  const image = gradientImage(200, 200);
-  // A 60x20 box turned by 90 degrees clockwise: its top edge runs down the image.
-  const turned = cropTextLine(image, [
-    [120, 40],
-    [120, 100],
-    [100, 100],
-    [100, 40],
-  ]);
-  t.equal(turned.width, 60);
-  t.equal(turned.height, 20);
-  // Along the crop's x the image's y grows; down the crop's y the image's x shrinks.
-  t.same([...turned.pixels.subarray(0, 2)], [120, 40]);
-  const o = (10 * 60 + 30) * 3;
-  t.same([...turned.pixels.subarray(o, o + 2)], [110, 70]);
-
-  const tall = cropTextLine(image, [
-    [50, 10],
-    [70, 10],
-    [70, 70],
-    [50, 70],
-  ]);
-  t.equal(tall.width, 60, 'height / width >= 1.5: rotated');
-  t.equal(tall.height, 20);
-  // np.rot90: the crop's last column becomes the first row.
-  t.same([...tall.pixels.subarray(0, 2)], [69, 10]);
-});
-
-t.test('recogniser resize keeps the aspect ratio at height 48 and caps the width', async (t) => {
-  const crop = gradientImage(100, 30);
-  const resized = resizeForRecognizer(crop, { height: 48, maxWidth: 320 });
-  t.equal(resized.height, 48);
-  t.equal(resized.width, 160);
-  t.equal(resized.pixels.length, 160 * 48 * 3);
-  t.equal(resizeForRecognizer(gradientImage(101, 30), { height: 48, maxWidth: 320 }).width, 162, 'ceil');
-  t.equal(resizeForRecognizer(gradientImage(1000, 30), { height: 48, maxWidth: 320 }).width, 320, 'capped');
-});
-
-// ---------------------------------------------------------------------------------------------------------------
-// Real models: reference outputs
-
 const DET_DATA = 'models/ppocrv4-det/test_data_set_0/output_0.pb';
 const REC_DATA = 'models/ppocrv4-rec/test_data_set_0/output_0.pb';
 const REC_LABELS = 'models/ppocrv4-rec/labels.txt';
@@ -341,7 +251,7 @@ t.test('the recogniser reference output reads NOTICE', sharedTestOptions(REC_DAT
   t.equal(labels.length, 6623);
   const out = readTensorProto(modelPath('ppocrv4-rec', 'test_data_set_0/output_0.pb'));
   t.same(out.dims, [1, 21, 6625]);
-  const [result] = ctcDecodeBatch(out.data, out.dims, labels);
+  const [result] = decodeEach(out.data, out.dims, labels);
   t.equal(result?.text, 'NOTICE');
   t.ok((result?.score ?? 0) > 0.9, `confident (${result?.score})`);
 });
@@ -447,7 +357,7 @@ async function readLines(models: OcrModels, image: RgbImage): Promise<OcrLine[]>
   crops.forEach((c, i) => normalizeInto(c.pixels, c.width, c.height, REC_NORMALIZE, input, i, height, batchWidth, 0));
   const feeds = { [models.rec.inputNames[0]!]: new ort.Tensor('float32', input, [crops.length, 3, height, batchWidth]) };
   const out = floats((await models.rec.run(feeds))[models.rec.outputNames[0]!]);
-  const texts = ctcDecodeBatch(out.data, out.dims, models.labels);
+  const texts = decodeEach(out.data, out.dims, models.labels);
   const [, steps, classes] = out.dims as [number, number, number];
   return boxes.map((box, i) => {
     const own = Math.min(steps, Math.floor(crops[i]!.width / 8));

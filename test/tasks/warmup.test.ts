@@ -3,7 +3,8 @@ import { BatchingSchema } from '../../src/config/manifest.js';
 import type { ImageBatch } from '../../src/core/runner/session-pool.js';
 import { Stage } from '../../src/core/stage.js';
 import { noopTelemetry } from '../../src/core/telemetry.js';
-import { nominalDims, warmupStage } from '../../src/tasks/pipeline.js';
+import { nominalDims } from '../../src/config/input-spec.js';
+import { warmupStage } from '../../src/tasks/pipeline.js';
 import { mobilenetV2Spec } from '../fixtures/input-specs.js';
 import { modelPath, sharedTestOptions } from '../helpers/shared.js';
 

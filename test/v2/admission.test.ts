@@ -5,7 +5,8 @@
  */
 import t from 'tap';
 import { buildTestApp } from '../helpers/app.js';
-import { V2ErrorSchema } from '../../src/routes/v2/schemas.js';
+import { testHooksOf } from '../../src/core/runner/fault-injection.js';
+import { V2ErrorSchema } from '../../src/errors.js';
 import { writeTinyManifest } from './helpers.js';
 
 t.test('a model with a one-slot queue, flooded, answers 503 QUEUE_FULL with Retry-After before parsing', async (t) => {
@@ -25,9 +26,11 @@ t.test('a model with a one-slot queue, flooded, answers 503 QUEUE_FULL with Retr
   // The one worker is blocked, so admitted requests stay in progress: the bound is 1 queued + 1 x 1 running.
   const stage = app.ocular.models.get('add')?.stages[0];
   if (stage === undefined) throw new Error('model add has no stage');
-  const hold = stage.pool.hold();
+  const hold = testHooksOf(stage.pool).hold();
   await hold.entered;
   const admitted = [infer(body), infer(body)];
+  // inject starts a request not awaited on the next tick, an awaited one at once: let these two be admitted first.
+  await new Promise((resolve) => setImmediate(resolve));
 
   // A malformed body: refused before parsing once the bound is reached (a parsed one would be 400).
   let refused = await infer('{not json');

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import onnxProto from 'onnx-proto';
-import { InferenceResponseSchema } from '../../src/routes/v2/schemas.js';
+import { InferenceResponseSchema } from '../../src/protocols/oip/schemas.js';
 
 const { onnx } = onnxProto;
 export const FLOAT = 1;
@@ -67,6 +67,14 @@ export function addModel(): Buffer {
     ['A', FLOAT, ['N', 4]],
     ['B', FLOAT, ['N', 4]],
   ], [['C', FLOAT, ['N', 4]]]);
+}
+
+/** C = A + B, FP32 [-1, -1]: one row may be as wide as the body allows. */
+export function wideAddModel(): Buffer {
+  return encodeModel([{ opType: 'Add', input: ['A', 'B'], output: ['C'] }], [
+    ['A', FLOAT, ['N', 'W']],
+    ['B', FLOAT, ['N', 'W']],
+  ], [['C', FLOAT, ['N', 'W']]]);
 }
 
 export const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');

@@ -4,8 +4,10 @@
  * datatype, the binary tensor data extension, the classification extension, errors, and large JSON bodies
  * parsed off the event loop.
  */
+import { writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { buildTestApp } from '../helpers/app.js';
 import {
@@ -16,10 +18,10 @@ import {
   ReadySchema,
   RepositoryIndexSchema,
   ServerMetadataSchema,
-  V2ErrorSchema,
-} from '../../src/routes/v2/schemas.js';
+} from '../../src/protocols/oip/schemas.js';
+import { V2ErrorSchema } from '../../src/errors.js';
 import { halfToNumber, numberToHalf } from '../../src/core/tensor-codec.js';
-import { binaryRequest, float32Of, readResponse, writeTinyManifest } from './helpers.js';
+import { binaryRequest, float32Of, readResponse, sha256, wideAddModel, writeTinyManifest } from './helpers.js';
 
 t.test('v2 protocol on tiny generated models', async (t) => {
   const manifestPath = writeTinyManifest(t.testdir());
@@ -77,9 +79,11 @@ t.test('v2 protocol on tiny generated models', async (t) => {
   });
 
   t.test("the specification's inference example, corrected", async (t) => {
-    // As printed, input1 says shape [3] but holds one element: corrected to three.
+    // As printed, input1 says shape [3] but holds one element: corrected to three; input0 is UINT32 where the
+    // model takes FP32, so the request asks for the (exact) conversion.
     const request = {
       id: '42',
+      parameters: { convert_datatype: true },
       inputs: [
         { name: 'input0', shape: [2, 2], datatype: 'UINT32', data: [1, 2, 3, 4] },
         { name: 'input1', shape: [3], datatype: 'BOOL', data: [true, false, true] },
@@ -120,29 +124,46 @@ t.test('v2 protocol on tiny generated models', async (t) => {
     isV2Error(t, await app.inject({ method: 'POST', url: '/v2/models/mymodel/versions/7/infer', headers: { 'content-type': 'application/json' }, payload: JSON.stringify(request) }), 404, 'MODEL_NOT_FOUND');
   });
 
-  t.test('every JSON datatype is accepted and converted to the model\'s element type', async (t) => {
+  t.test('a datatype other than the model\'s is refused, as Triton; converted only when asked and exact', async (t) => {
     const values: Record<string, [unknown[], number[]]> = {
-      FP32: [[1.25, -2, 3.5, 0], [1.25, -2, 3.5, 0]],
       FP16: [[1.5, -2, 65504, 0.0999755859375], [1.5, -2, 65504, 0.0999755859375]],
-      FP64: [[1e-3, -2, 3, 4], [Math.fround(1e-3), -2, 3, 4]],
+      FP64: [[0.5, -2, 3, 4], [0.5, -2, 3, 4]],
       INT64: [[-5, 6, 2 ** 24, 0], [-5, 6, 2 ** 24, 0]],
       INT32: [[-5, 6, 7, 8], [-5, 6, 7, 8]],
       INT8: [[-128, 127, 0, 1], [-128, 127, 0, 1]],
       UINT8: [[0, 255, 7, 8], [0, 255, 7, 8]],
-      UINT32: [[0, 4294967295, 7, 8], [0, Math.fround(4294967295), 7, 8]],
+      UINT32: [[0, 2 ** 24, 7, 8], [0, 2 ** 24, 7, 8]],
       BOOL: [[true, false, false, true], [1, 0, 0, 1]],
     };
+    const request = (datatype: string, data: unknown[], parameters?: Record<string, boolean>) => ({
+      inputs: [
+        { name: 'input0', shape: [2, 2], datatype, data, ...(parameters !== undefined ? { parameters } : {}) },
+        { name: 'input1', shape: [3], datatype: 'BOOL', data: [true, true, true] },
+      ],
+      outputs: [{ name: 'output0' }],
+    });
+    const exact = await infer('mymodel', request('FP32', [1.25, -2, 3.5, 0]));
+    t.same(readResponse(exact.rawPayload, undefined).json.outputs[0]?.data, [1.25, -2, 3.5, 0], 'FP32 into FP32');
     for (const [datatype, [data, want]] of Object.entries(values)) {
-      const res = await infer('mymodel', {
-        inputs: [
-          { name: 'input0', shape: [2, 2], datatype, data },
-          { name: 'input1', shape: [3], datatype: 'BOOL', data: [true, true, true] },
-        ],
-        outputs: [{ name: 'output0' }],
-      });
-      t.equal(res.statusCode, 200, `${datatype}: 200 ${res.statusCode === 200 ? '' : res.body}`);
+      const refused = await infer('mymodel', request(datatype, data));
+      isV2Error(t, refused, 400, 'INVALID_REQUEST');
+      t.match(refused.json<{ error: string }>().error, new RegExp(`input "input0" is ${datatype} but model "mymodel" takes FP32`), `${datatype}: names both`);
+      const res = await infer('mymodel', request(datatype, data, { convert_datatype: true }));
+      t.equal(res.statusCode, 200, `${datatype}, convert_datatype: 200 ${res.statusCode === 200 ? '' : res.body}`);
       if (res.statusCode === 200) t.same(readResponse(res.rawPayload, undefined).json.outputs[0]?.data, want, `${datatype}: values`);
     }
+    // Asked for, a conversion that would change a value is refused: FP32 has no 2^24 + 1, 0.001 or 4294967295.
+    for (const [datatype, bad] of [['INT64', 2 ** 24 + 1], ['FP64', 1e-3], ['UINT32', 4294967295]] as const) {
+      const res = await infer('mymodel', { parameters: { convert_datatype: true }, ...request(datatype, [bad, 0, 0, 0]) });
+      isV2Error(t, res, 400, 'INVALID_REQUEST');
+      t.match(res.json<{ error: string }>().error, /element 0 .* is not exactly representable in FP32/, `${datatype} ${bad}: not exact`);
+    }
+    // The same rule for binary inputs.
+    const bin = binaryRequest([
+      { name: 'A', datatype: 'INT64', shape: [1, 4], bytes: Buffer.from(new BigInt64Array([1n, 2n, 3n, 4n]).buffer) },
+      { name: 'B', datatype: 'FP32', shape: [1, 4], bytes: Buffer.alloc(16) },
+    ]);
+    isV2Error(t, await infer('add', bin.body, bin.headers), 400, 'INVALID_REQUEST');
     t.equal(halfToNumber(numberToHalf(0.1)), 0.0999755859375, 'FP16 rounds to nearest');
     for (const [datatype, bad] of [['INT8', 128], ['UINT8', -1], ['INT32', 1.5], ['BOOL', 1], ['FP32', 'x']] as const) {
       isV2Error(t, await infer('mymodel', { inputs: [{ name: 'input0', shape: [1, 2], datatype, data: [bad, bad] }, { name: 'input1', shape: [3], datatype: 'BOOL', data: [true, true, true] }] }), 400, 'INVALID_REQUEST');
@@ -174,7 +195,7 @@ t.test('v2 protocol on tiny generated models', async (t) => {
         parameters: { binary_data_output: true },
         inputs: [
           { name: 'A', datatype: 'FP32', shape: [1, 4], parameters: { binary_data_size: 16 } },
-          { name: 'B', datatype: 'INT32', shape: [1, 4], data: [1, 1, 1, 1] },
+          { name: 'B', datatype: 'INT32', shape: [1, 4], data: [1, 1, 1, 1], parameters: { convert_datatype: true } },
         ],
         outputs: [{ name: 'C', parameters: { binary_data: false } }],
       }),
@@ -238,54 +259,62 @@ t.test('v2 protocol on tiny generated models', async (t) => {
     const batches = count(await app.ocular.metrics.batchSize.get()) - count(before);
     t.ok(batches < 16, `16 requests ran in ${batches} batches`);
   });
-
-  t.test('a large JSON body is parsed off the event loop: /healthz answers meanwhile', async (t) => {
-    await app.listen({ port: 0, host: '127.0.0.1' });
-    const port = (app.server.address() as AddressInfo).port;
-    // ~ 36 MB of JSON (12 million numbers): past the v1 body limit (20 MiB), within the tensor body limit.
-    const rows = 1_500_000;
-    const data = Array.from({ length: rows * 4 }, (_, i) => i % 97);
-    const body = Buffer.from(JSON.stringify({
-      parameters: { binary_data_output: true },
-      inputs: [
-        { name: 'A', shape: [rows, 4], datatype: 'FP32', data },
-        { name: 'B', shape: [rows, 4], datatype: 'FP32', data },
-      ],
-    }));
-    let uploaded = false;
-    let done = false;
-    let healthDuring = 0;
-    const inferDone = new Promise<number>((resolve, reject) => {
-      const req = httpRequest({ host: '127.0.0.1', port, method: 'POST', path: '/v2/models/add/infer', headers: { 'content-type': 'application/json', 'content-length': body.length } }, (res) => {
-        res.resume();
-        res.on('end', () => {
-          done = true;
-          resolve(res.statusCode ?? 0);
-        });
-      });
-      req.on('error', reject);
-      req.end(body, () => {
-        uploaded = true;
-      });
-    });
-    // Poll /healthz until the infer answers; count the answers that came after the whole body was sent.
-    const poll = async () => {
-      while (!done) {
-        const status = await new Promise<number>((resolve) => {
-          httpRequest({ host: '127.0.0.1', port, path: '/healthz' }, (res) => {
-            res.resume();
-            res.on('end', () => resolve(res.statusCode ?? 0));
-          })
-            .on('error', () => resolve(0))
-            .end();
-        });
-        if (uploaded && !done && status === 200) healthDuring++;
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    };
-    const [status] = await Promise.all([inferDone, poll()]);
-    t.equal(status, 200, 'the large request succeeds');
-    t.ok(healthDuring > 0, `/healthz answered ${healthDuring} times while the large body was parsed and run`);
-  });
 });
 
+// Its own app: a request is bounded by the model's maxBatchSize (rows), so the large body is one row of a model
+// whose second dim is dynamic (`wideadd`: C = A + B, FP32 [-1, -1]).
+t.test('a large JSON body is parsed off the event loop: /healthz answers meanwhile', async (t) => {
+  const dir = t.testdir();
+  const wide = wideAddModel();
+  writeFileSync(join(dir, 'wideadd.onnx'), wide);
+  const manifestPath = writeTinyManifest(dir, (models) => {
+    models.push({ name: 'wideadd', version: '1', task: 'tensor', source: 'wideadd.onnx', sha256: sha256(wide), warmupShapes: { A: [1, 4], B: [1, 4] } });
+  });
+  const { app } = await buildTestApp(t, { manifestPath, config: { device: 'cpu', manifestWatchMs: 0, tensorBodyLimitBytes: 64 * 1024 * 1024 } });
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  const port = (app.server.address() as AddressInfo).port;
+  // ~ 36 MB of JSON (12 million numbers): past the v1 body limit (20 MiB), within the tensor body limit.
+  const width = 6_000_000;
+  const data = Array.from({ length: width }, (_, i) => i % 97);
+  const body = Buffer.from(JSON.stringify({
+    parameters: { binary_data_output: true },
+    inputs: [
+      { name: 'A', shape: [1, width], datatype: 'FP32', data },
+      { name: 'B', shape: [1, width], datatype: 'FP32', data },
+    ],
+  }));
+  let uploaded = false;
+  let done = false;
+  let healthDuring = 0;
+  const inferDone = new Promise<number>((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, method: 'POST', path: '/v2/models/wideadd/infer', headers: { 'content-type': 'application/json', 'content-length': body.length } }, (res) => {
+      res.resume();
+      res.on('end', () => {
+        done = true;
+        resolve(res.statusCode ?? 0);
+      });
+    });
+    req.on('error', reject);
+    req.end(body, () => {
+      uploaded = true;
+    });
+  });
+  // Poll /healthz until the infer answers; count the answers that came after the whole body was sent.
+  const poll = async () => {
+    while (!done) {
+      const status = await new Promise<number>((resolve) => {
+        httpRequest({ host: '127.0.0.1', port, path: '/healthz' }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        })
+          .on('error', () => resolve(0))
+          .end();
+      });
+      if (uploaded && !done && status === 200) healthDuring++;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+  const [status] = await Promise.all([inferDone, poll()]);
+  t.equal(status, 200, 'the large request succeeds');
+  t.ok(healthDuring > 0, `/healthz answered ${healthDuring} times while the large body was parsed and run`);
+});

@@ -1,5 +1,5 @@
 /**
- * Task-level results agree between the CPU provider and another one (CUDA, WebGPU): the same top-1 class for
+ * Task-level results agree between the CPU provider and CUDA: the same top-1 class for
  * mobilenetv2 on cat_chelsea.png, and yolox-nano boxes within 3 px on street_notice_sign.jpg.
  *
  * Where no other provider registers (the usual case on a machine without a GPU), the test skips and names each
@@ -10,11 +10,13 @@ import { existsSync, readFileSync } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import * as ort from 'onnxruntime-node';
 import t from 'tap';
-import type { ProviderName } from '../../src/core/types.js';
+import type { ProviderName } from '../../src/config/providers.js';
 import { buildTestApp, sharedModel, writeManifest } from '../helpers/app.js';
 import { imagePath, modelPath, sharedTestOptions } from '../helpers/shared.js';
 
-const CANDIDATES: ProviderName[] = ['cuda', 'webgpu'];
+// WebGPU has its own, stricter suite (test/gpu/webgpu.test.ts: every shared model, boxes within 1 px), which CI runs
+// on lavapipe; running it here too would double its minutes there.
+const CANDIDATES: ProviderName[] = ['cuda'];
 const FILES = ['models/mobilenetv2-12-int8/model.onnx', 'models/yolox-nano/model.onnx', 'images/cat_chelsea.png', 'images/street_notice_sign.jpg'];
 const BOX_TOLERANCE_PX = 3;
 

@@ -7,7 +7,7 @@
  * Asserted: zero failed requests; each version's answers carry its own labels; model_version switches at a
  * single point (once any answer showed the new version, no request started later got an older one); the load
  * counter rises by exactly one per cycle; sessions and threads return to their baseline; RSS grows by less than
- * RSS_BOUND_MIB over the ten cycles.
+ * RSS_BOUND_MIB over the ten cycles (a gross bound: see there).
  */
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -19,8 +19,16 @@ import { binaryRequest, bytesElements, readResponse } from './helpers.js';
 
 const CYCLES = 10;
 const CLIENTS = 3;
-/** RSS growth allowed over the ten cycles (each cycle loads and releases a 3.6 MB int8 model and its worker). */
-const RSS_BOUND_MIB = 150;
+/**
+ * RSS growth allowed over the ten cycles: a gross bound, not the leak detector. The allocators' warm-up alone was
+ * measured at 99.5, 113.7 and 142.0 MiB over ten cycles on loaded 2-core machines, RSS rising and falling by up to
+ * 65 MiB between cycles (CI, 2026-12-01: 380 414 409 411 418 453 492 427 449 453). One leaked session of this
+ * 3.6 MB int8 model costs about 6 MiB (a second InferenceSession of it, measured), so ten cycles of RSS on a shared
+ * machine cannot show it: what does are the deterministic counts below (sessions in the registry, threads), and for
+ * the memory itself `scripts/reload-rss.ts`, whose 100 reloads were flat after the tenth (docs/RELIABILITY.md).
+ * This bound fails on a leak of tens of MiB per reload (a pooled buffer or a worker's heap kept per version).
+ */
+const RSS_BOUND_MIB = 300;
 
 interface Sample {
   start: number;
@@ -69,6 +77,7 @@ t.test('ten reloads under steady load: no failed request, one switch point per v
       OCULAR_MANIFEST: manifestPath,
       HOST: '127.0.0.1',
       PORT: '0',
+      OCULAR_GRPC_PORT: 'off',
       OCULAR_DEVICE: 'cpu',
       OCULAR_INTRA_OP_THREADS: '1',
       OCULAR_MANIFEST_WATCH_MS: '250',
@@ -107,7 +116,7 @@ t.test('ten reloads under steady load: no failed request, one switch point per v
   }
 
   const cat = readFileSync(imagePath('cat_chelsea.png'));
-  const req = binaryRequest([{ name: 'input', datatype: 'BYTES', shape: [1], bytes: bytesElements([cat]) }], {
+  const req = binaryRequest([{ name: 'image', datatype: 'BYTES', shape: [1], bytes: bytesElements([cat]) }], {
     outputs: [{ name: 'output', parameters: { classification: 1 } }],
   });
   const samples: Sample[] = [];
@@ -148,7 +157,8 @@ t.test('ten reloads under steady load: no failed request, one switch point per v
     writeManifest(version, cycle % 2 === 1 ? 'labels-b.txt' : 'labels-a.txt');
     if (bySignal) child.kill('SIGHUP');
     let served = '';
-    for (let i = 0; i < 300 && served !== version; i++) {
+    // Bounded wait for the switch (a load takes seconds; on a machine shared with other work, tens of seconds).
+    for (let i = 0; i < 1200 && served !== version; i++) {
       await sleep(50);
       served = (JSON.parse((await call(port, 'GET', '/v2/models/mobilenetv2')).body.toString('utf8')) as { versions: string[] }).versions[0] ?? '';
     }

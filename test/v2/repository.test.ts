@@ -7,7 +7,8 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { buildTestApp } from '../helpers/app.js';
-import { RepositoryIndexSchema, V2ErrorSchema } from '../../src/routes/v2/schemas.js';
+import { V2ErrorSchema } from '../../src/errors.js';
+import { RepositoryIndexSchema } from '../../src/protocols/oip/schemas.js';
 import { readResponse, writeTinyManifest } from './helpers.js';
 
 const ADD = JSON.stringify({ inputs: [{ name: 'A', shape: [1, 4], datatype: 'FP32', data: [1, 2, 3, 4] }, { name: 'B', shape: [1, 4], datatype: 'FP32', data: [1, 1, 1, 1] }] });
@@ -15,7 +16,7 @@ const ADD = JSON.stringify({ inputs: [{ name: 'A', shape: [1, 4], datatype: 'FP3
 t.test('repository API: index, unload, load, failed load, new version', async (t) => {
   const dir = t.testdir();
   const manifestPath = writeTinyManifest(dir);
-  const { app } = await buildTestApp(t, { manifestPath, config: { device: 'cpu', manifestWatchMs: 0 } });
+  const { app } = await buildTestApp(t, { manifestPath, config: { device: 'cpu', manifestWatchMs: 0, modelControl: 'explicit' } });
   const post = (url: string, payload?: string) => app.inject({ method: 'POST', url, ...(payload !== undefined ? { headers: { 'content-type': 'application/json' }, payload } : {}) });
   const infer = () => post('/v2/models/add/infer', ADD);
   const index = async () => RepositoryIndexSchema.parse((await post('/v2/repository/index', '{}')).json());

@@ -9,10 +9,8 @@
  * Runs on whichever thread creates sessions (the runner's worker threads).
  */
 import type { Env, InferenceSession } from 'onnxruntime-common';
-import type { ProviderName } from '../types.js';
-
-/** What the operator asks for: `auto` prefers CUDA and falls back to CPU; `cuda` makes a CUDA failure fatal. */
-export type DeviceMode = 'auto' | 'cuda' | 'cpu';
+import type { DeviceMode, ProviderName } from '../../config/providers.js';
+import { EXACT_INT8_CONFIG_KEY } from './int8-precision.js';
 
 export interface ProviderPlan {
   /** Providers in order of preference; 'cpu', where present, is last. */
@@ -34,6 +32,10 @@ export function resolveProviders(device: DeviceMode, explicit?: readonly Provide
       return { providers: ['cuda', 'cpu'], fallbackToCpu: true };
     case 'cuda':
       return { providers: ['cuda'], fallbackToCpu: false };
+    // Every session is created as [webgpu, cpu] (createSessionWithFallback): the nodes WebGPU cannot run go to the
+    // CPU provider inside the session and show in its node counts; no adapter is a failure, not a fallback.
+    case 'webgpu':
+      return { providers: ['webgpu'], fallbackToCpu: false };
     case 'cpu':
       return { providers: ['cpu'], fallbackToCpu: false };
   }
@@ -49,12 +51,10 @@ export type InstancesSetting = number | 'auto';
  *   (2 × intraOpThreads ≤ cpus), else one. One session runs one batch at a time on its intra-op threads and
  *   leaves the rest of the machine to decoding; where inference costs more per image than decoding (a detector,
  *   OCR), that single batch is the bottleneck and a core sits half idle. A second session lets the next batch
- *   run while one is in progress (docs/PERFORMANCE.md, "Two sessions on the CPU": +10–25 % for yolox-nano and
- *   +35–44 % for OCR on 2 cores, no measurable change for mobilenetv2). It costs a second copy of the session's
- *   memory (OCR: about +330 MB) and the event loop's latency under saturation (/healthz p99 above 20 ms on
- *   2 cores), which is why it is not the default.
- * - On a GPU provider, one: on an H200 two to four sessions served no more than one (host preprocessing is the
- *   bound there), and each holds its own CUDA context and device memory.
+ *   run while one is in progress. It costs a second copy of the session's memory and event-loop latency under
+ *   saturation, which is why it is not the default (docs/PERFORMANCE.md, "Two sessions on the CPU").
+ * - On a GPU provider, one: more sessions served no more (host preprocessing is the bound there), and each holds
+ *   its own CUDA context and device memory (docs/PERFORMANCE.md, "GPU").
  */
 export function resolveInstances(
   setting: InstancesSetting,
@@ -97,6 +97,17 @@ export interface CreateSessionOptions {
    * they are not.
    */
   allowSpinning?: boolean;
+  /**
+   * Whether onnxruntime computes int8 matrix products exactly (u8u8) instead of with its u8s8 kernels, which
+   * saturate on x86 CPUs without VNNI (int8-precision.ts). Leaves float models unchanged.
+   */
+  exactInt8?: boolean;
+  /**
+   * The model the CPU provider gets, where it is tried, instead of `modelPath` (which the GPU providers get): the
+   * float model where the GPU providers get the one with the uint8 prefix (uint8-prefix.ts), which gains nothing on
+   * the CPU. Default `modelPath`.
+   */
+  cpuModelPath?: string;
 }
 
 export interface ProviderFailure {
@@ -113,6 +124,8 @@ export interface CreatedSession {
   fallbackReason?: string;
   /** Every provider that failed to create a session, in the order tried. */
   failures: ProviderFailure[];
+  /** The model file the session runs: `modelPath`, or `cpuModelPath` on the CPU provider. */
+  modelPath: string;
 }
 
 const LOG_LEVEL_NAMES = ['verbose', 'info', 'warning', 'error', 'fatal'] as const;
@@ -154,6 +167,11 @@ export async function createSessionWithFallback(
   // (which prints provider-load failures to stderr) is as quiet as the sessions.
   ort.env.logLevel = LOG_LEVEL_NAMES[logSeverityLevel];
 
+  // onnxruntime's session config entries, under their dotted keys (onnxruntime-node's `extra`).
+  const config: Record<string, string> = {
+    ...(opts.allowSpinning !== undefined && { 'session.intra_op.allow_spinning': opts.allowSpinning ? '1' : '0' }),
+    ...(opts.exactInt8 === true && { [EXACT_INT8_CONFIG_KEY]: '1' }),
+  };
   const base: InferenceSession.SessionOptions = {
     logSeverityLevel,
     ...(opts.intraOpNumThreads !== undefined && { intraOpNumThreads: opts.intraOpNumThreads }),
@@ -161,9 +179,7 @@ export async function createSessionWithFallback(
     ...(opts.graphOptimizationLevel !== undefined && { graphOptimizationLevel: opts.graphOptimizationLevel }),
     ...(opts.enableProfiling !== undefined && { enableProfiling: opts.enableProfiling }),
     ...(opts.profileFilePrefix !== undefined && { profileFilePrefix: opts.profileFilePrefix }),
-    ...(opts.allowSpinning !== undefined && {
-      extra: { session: { intra_op: { allow_spinning: opts.allowSpinning ? '1' : '0' } } },
-    }),
+    ...(Object.keys(config).length > 0 && { extra: config }),
   };
   const gpuDeviceId = opts.gpuDeviceId ?? 0;
   const gpuProviders = opts.providers.filter((p) => p !== 'cpu');
@@ -177,8 +193,8 @@ export async function createSessionWithFallback(
         executionProviders: [providerConfig(provider, gpuDeviceId), 'cpu'],
       });
       return failures.length > 0
-        ? { session, provider, fallbackReason: describeFailures(failures), failures }
-        : { session, provider, failures };
+        ? { session, provider, fallbackReason: describeFailures(failures), failures, modelPath }
+        : { session, provider, failures, modelPath };
     } catch (err) {
       lastError = err;
       failures.push({ provider, message: messageOf(err) });
@@ -192,13 +208,14 @@ export async function createSessionWithFallback(
     });
   }
   let session: InferenceSession;
+  const cpuModelPath = opts.cpuModelPath ?? modelPath;
   try {
-    session = await ort.InferenceSession.create(modelPath, { ...base, executionProviders: ['cpu'] });
+    session = await ort.InferenceSession.create(cpuModelPath, { ...base, executionProviders: ['cpu'] });
   } catch (err) {
     failures.push({ provider: 'cpu', message: messageOf(err) });
     throw new Error(`session creation failed: ${describeFailures(failures)}`, { cause: err });
   }
   return failures.length > 0
-    ? { session, provider: 'cpu', fallbackReason: describeFailures(failures), failures }
-    : { session, provider: 'cpu', failures };
+    ? { session, provider: 'cpu', fallbackReason: describeFailures(failures), failures, modelPath: cpuModelPath }
+    : { session, provider: 'cpu', failures, modelPath: cpuModelPath };
 }

@@ -8,8 +8,9 @@
  *
  * Pixels travel in SharedArrayBuffer slots: runImages copies each item's bytes into a slot taken from a free list
  * (so the caller may reuse its buffers as soon as the call returns), the worker normalises straight out of it into
- * its own Float32Array, and the slot returns to the free list when the worker answers. Outputs come back in
- * transferred ArrayBuffers, not copies.
+ * its own Float32Array, and the slot returns to the free list when the worker answers. Raw tensors go to the worker
+ * in transferred ArrayBuffers (runTensors takes its feeds' buffers), and outputs come back the same way: no copy on
+ * the main thread either way.
  *
  * A worker that dies rejects its in-flight run, is counted in `restarts`, and is replaced by a fresh one (a new
  * session), so the pool recovers.
@@ -18,52 +19,37 @@
  * inside a native create or run aborts the whole process ("terminate called after throwing an instance of
  * 'Napi::Error'"; reproduced by scripts/spike-workers.ts --terminate hard). Workers are asked to close and end
  * themselves from JS, between native calls. A run error that reads like a broken GPU (CUDA/cuDNN failure) also goes to
- * `onFatal`: the process should exit non-zero and be restarted rather than serve from a broken device.
+ * `onFatal` (fatal-gpu-error.ts): the process should exit non-zero and be restarted rather than serve from a broken
+ * device.
+ *
+ * Its parts: options.ts (what it is given), slot-pool.ts (the pixel slots), worker-thread.ts (starting a worker,
+ * from sources too, and asking one to end), worker-protocol.ts (the messages), fault-injection.ts (test hooks).
  */
-import { extname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { availableCpus } from '../../config/cpus.js';
+import type { ProviderName } from '../../config/providers.js';
 import { OcularError } from '../../errors.js';
-import type { NormalizeParams } from '../../tasks/preprocess/normalize.js';
-import type { Outputs, PreparedPixels, ProviderName, TensorMeta } from '../types.js';
-import { resolveInstances, type InstancesSetting } from './providers.js';
-import type { FeedData, FeedTensor, FromWorker, SlotItem, ToWorker, WorkerFault, WorkerInit } from './worker.js';
-
-export interface PoolLogger {
-  info(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
-  error(obj: object, msg: string): void;
-  debug(obj: object, msg: string): void;
-}
-
-export interface SessionPoolOptions {
-  modelName: string;
-  modelPath: string;
-  providers: ProviderName[];
-  fallbackToCpu: boolean;
-  gpuDeviceId: number;
-  /** Sessions (worker threads); `auto` is resolved from the first session's provider (resolveInstances). */
-  instances: InstancesSetting;
-  /** CPUs available, for `instances: auto`; default availableCpus() (the cores, capped by a cgroup CPU limit). */
-  cpus?: number;
-  intraOpNumThreads: number;
-  interOpNumThreads: number;
-  inputName?: string;
-  normalize: NormalizeParams;
-  /** Shape of the one profiled warm-up run (node counts per provider); default the input shape with batch 1. */
-  warmupDims?: number[];
-  logger?: PoolLogger;
-  /** Nice value for the inference threads (see thread-priority.ts); 0 or absent: unchanged. */
-  nice?: number;
-  /** Called with a run error that means the GPU is unusable (CUDA/cuDNN failure); main should exit non-zero. */
-  onFatal?: (err: Error) => void;
-}
+import { silentLogger } from '../logger.js';
+import type { Outputs, PreparedPixels, TensorMeta } from '../types.js';
+import { webgpuLock } from './device-lock.js';
+import { isFatalGpuError } from './fatal-gpu-error.js';
+import { attachTestHooks, createHold, type WorkerFault } from './fault-injection.js';
+import type { SessionPoolOptions } from './options.js';
+import { resolveInstances } from './providers.js';
+import { detectInt8Precision, type Int8Precision } from './int8-precision.js';
+import { packBatch, SlotPool } from './slot-pool.js';
+import { closeWorker, startWorker } from './worker-thread.js';
+import { feedsForTransfer } from './feeds.js';
+import type { FeedData, FromWorker, ToWorker, WorkerInit } from './worker-protocol.js';
 
 export interface SessionInfo {
   provider: ProviderName;
   requestedProviders: ProviderName[];
   fallbackReason?: string;
+  /** Whether the sessions were asked for exact int8 matrix products (int8-precision.ts). */
+  exactInt8: boolean;
+  /** Images reach the session as uint8 pixels, normalised by the model's prefix (uint8-prefix.ts). */
+  uint8Input: boolean;
   /** Distinct nodes per onnxruntime provider (e.g. CPUExecutionProvider) in one profiled run. */
   nodeCounts: Record<string, number>;
   inputs: TensorMeta[];
@@ -87,18 +73,6 @@ export interface ImageBatch {
 
 export type TensorFeeds = Record<string, { data: FeedData; dims: number[]; type: string }>;
 
-/** Test hook: one instance blocked inside a call, as in a long native session.run. */
-export interface PoolHold {
-  /** Resolves once the worker is blocked. */
-  entered: Promise<void>;
-  /** Settles when the held call answers (after release) or rejects (after crash). */
-  done: Promise<void>;
-  /** Lets the worker answer. */
-  release(): void;
-  /** Ends the worker thread while it is inside the call. */
-  crash(): void;
-}
-
 export interface SessionPool {
   readonly info: SessionInfo;
   /** Configured number of workers (one session each). */
@@ -109,13 +83,17 @@ export interface SessionPool {
   readonly restarts: number;
   /** One batch of images; every output's dims[0] is items.length. */
   runImages(batch: ImageBatch): Promise<Outputs>;
-  runTensors(feeds: TensorFeeds): Promise<Outputs>;
-  hold(): PoolHold;
   /**
-   * Test hook: the next run dispatched to a worker fails as if session.run threw ('throw'), or its worker thread
-   * ends in the middle of it ('exit'). Reachable from code only; nothing in configuration or requests sets it.
+   * Raw tensors; with `padTo`, run on that many rows (zero rows appended, their outputs dropped in the worker). The
+   * pool takes the feeds' buffers: each array that is the whole of its ArrayBuffer is moved to the worker and reads
+   * as empty here afterwards (feeds.ts, feedsForTransfer).
    */
-  injectFault(kind: WorkerFault): void;
+  runTensors(feeds: TensorFeeds, padTo?: number): Promise<Outputs>;
+  /**
+   * Distinct input shapes each session has run (shape-set.ts), by instance: a replaced worker's count starts again
+   * with its new session.
+   */
+  shapeCounts(): number[];
   /** Waits for queued and in-flight runs, then releases the sessions and ends the workers. Idempotent. */
   close(): Promise<void>;
   /**
@@ -127,41 +105,8 @@ export interface SessionPool {
   halt(timeoutMs: number): Promise<boolean>;
 }
 
-const WORKER_URL = new URL('./worker' + extname(fileURLToPath(import.meta.url)), import.meta.url);
-
-/**
- * Starts the worker thread. Built (dist/*.js) it is the worker file itself. From sources (tests, scripts run with
- * tsx) it is a .ts file: workers inherit `--import=tsx`, but on Node 20 tsx registers its loader on the main thread
- * only (it cannot tell a worker from Node's internal loader thread before Node 22's `isInternalThread`), so the
- * worker registers tsx itself before importing the .ts entry.
- */
-function startWorker(workerData: WorkerInit): Worker {
-  if (!WORKER_URL.pathname.endsWith('.ts')) return new Worker(WORKER_URL, { workerData });
-  const tsxApi = import.meta.resolve('tsx/esm/api');
-  const bootstrap =
-    `import(${JSON.stringify(tsxApi)})` +
-    `.then((tsx) => { tsx.register(); return import(${JSON.stringify(WORKER_URL.href)}); })`;
-  return new Worker(bootstrap, { eval: true, workerData });
-}
-
-/** Run errors after which the GPU context is presumed broken. */
-const FATAL_GPU_ERROR = /CUDA failure|CUDNN|cudaError|CUBLAS_STATUS|CUDA error/i;
-
-/**
- * Whether a run error means the GPU context is presumed broken (the process should restart). Quoted text is left
- * out: onnxruntime quotes the model's own names there (node, input and output names: "running Conv node.
- * Name:'conv_cudnn_1'"), and a name must not turn an ordinary error, such as a client's tensor of the wrong shape,
- * into a restart.
- */
-export function isFatalGpuError(message: string): boolean {
-  return FATAL_GPU_ERROR.test(message.replace(/'[^']*'/g, "''"));
-}
-
 const RESPAWN_DELAY_MS = 1000;
 const RESPAWN_MAX_DELAY_MS = 30_000;
-const MIN_SLOT_BYTES = 64 * 1024;
-
-const noopLogger: PoolLogger = { info() {}, warn() {}, error() {}, debug() {} };
 
 type Request =
   | Omit<Extract<ToWorker, { type: 'run' }>, 'id'>
@@ -174,52 +119,20 @@ interface Job {
   reject(err: Error): void;
   /** The pixel slot this job reads, returned to the free list when the job settles. */
   slot?: SharedArrayBuffer;
+  /** Buffers moved to the worker with the request (a raw-tensor run's feeds), not copied. */
+  transfer?: ArrayBuffer[];
   onHeld?: () => void;
 }
 
 interface WorkerHandle {
   worker: Worker;
+  /** Which instance it is (0 .. instances-1); a replacement takes the index of the worker it replaces. */
+  index: number;
   ready: boolean;
   job: { id: number; job: Job } | undefined;
 }
 
 type ReadyMessage = Extract<FromWorker, { type: 'ready' }>;
-
-/**
- * Free list of shared pixel slots. Sizes are rounded up to a power of two so batches of similar size reuse each
- * other's slots; at most `maxFree` are kept.
- */
-class SlotPool {
-  private readonly free: SharedArrayBuffer[] = [];
-
-  constructor(private readonly maxFree: number) {}
-
-  acquire(bytes: number): SharedArrayBuffer {
-    let best = -1;
-    for (let i = 0; i < this.free.length; i++) {
-      const size = (this.free[i] as SharedArrayBuffer).byteLength;
-      if (size >= bytes && (best < 0 || size < (this.free[best] as SharedArrayBuffer).byteLength)) best = i;
-    }
-    if (best >= 0) return this.free.splice(best, 1)[0] as SharedArrayBuffer;
-    let size = MIN_SLOT_BYTES;
-    while (size < bytes) size *= 2;
-    return new SharedArrayBuffer(size);
-  }
-
-  release(slot: SharedArrayBuffer): void {
-    this.free.push(slot);
-    if (this.free.length > this.maxFree) {
-      // Drop the smallest: the larger ones serve every batch the smaller would.
-      let smallest = 0;
-      for (let i = 1; i < this.free.length; i++) {
-        if ((this.free[i] as SharedArrayBuffer).byteLength < (this.free[smallest] as SharedArrayBuffer).byteLength) {
-          smallest = i;
-        }
-      }
-      this.free.splice(smallest, 1);
-    }
-  }
-}
 
 function errorOf(message: string): Error {
   return new OcularError('INFERENCE_FAILED', message);
@@ -229,27 +142,18 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
   if (opts.instances !== 'auto' && (!Number.isInteger(opts.instances) || opts.instances < 1)) {
     throw new RangeError(`instances must be a positive integer or 'auto', got ${opts.instances}`);
   }
-  const log = opts.logger ?? noopLogger;
+  const log = opts.logger ?? silentLogger;
   const model = opts.modelName;
+  const int8 = opts.int8Precision ?? detectInt8Precision();
 
-  const baseInit: WorkerInit = {
-    modelPath: opts.modelPath,
-    providers: opts.providers,
-    fallbackToCpu: opts.fallbackToCpu,
-    gpuDeviceId: opts.gpuDeviceId,
-    intraOpNumThreads: opts.intraOpNumThreads,
-    interOpNumThreads: opts.interOpNumThreads,
-    normalize: opts.normalize,
-    ...(opts.inputName !== undefined && { inputName: opts.inputName }),
-    ...(opts.nice !== undefined && opts.nice > 0 && { nice: opts.nice }),
-    profile: false,
-  };
+  const baseInit = workerInitOf(opts, int8);
 
   const handles = new Set<WorkerHandle>();
   const idleList: WorkerHandle[] = [];
   const queue: Job[] = [];
   const respawnTimers = new Set<NodeJS.Timeout>();
   let nextId = 1;
+  const shapeCounts: number[] = [];
   let inFlight = 0;
   let restarts = 0;
   let closing = false;
@@ -284,7 +188,15 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
       handle.job = { id, job };
       const fault = job.request.type !== 'hold' ? pendingFault : undefined;
       if (fault !== undefined) pendingFault = undefined;
-      handle.worker.postMessage({ ...job.request, id, ...(fault !== undefined && { fault }) } as ToWorker);
+      try {
+        handle.worker.postMessage({ ...job.request, id, ...(fault !== undefined && { fault }) } as ToWorker, job.transfer);
+      } catch (err) {
+        // Nothing was posted (a feed whose buffer is detached, already given to an earlier run, cannot be sent): the
+        // worker stays idle and only this run fails.
+        handle.job = undefined;
+        idleList.push(handle);
+        settle(job, { error: errorOf(`model ${model}: the run's inputs could not be sent to its worker: ${(err as Error).message}`) });
+      }
     }
   };
 
@@ -302,6 +214,7 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
         }
         handle.job = undefined;
         idleList.push(handle);
+        shapeCounts[handle.index] = msg.shapes;
         if (msg.type === 'result') {
           settle(current.job, { outputs: msg.outputs });
         } else {
@@ -321,16 +234,17 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
   };
 
   /** Starts one worker; resolves with its ready message once its session exists. */
-  const spawn = (workerInit: WorkerInit): Promise<{ handle: WorkerHandle; ready: ReadyMessage }> =>
+  const spawn = (workerInit: WorkerInit, index: number): Promise<{ handle: WorkerHandle; ready: ReadyMessage }> =>
     new Promise((resolve, reject) => {
       const worker = startWorker(workerInit);
-      const handle: WorkerHandle = { worker, ready: false, job: undefined };
+      const handle: WorkerHandle = { worker, index, ready: false, job: undefined };
       handles.add(handle);
       worker.on('message', (msg: FromWorker) => {
         if (handle.ready) {
           onMessage(handle, msg);
         } else if (msg.type === 'ready') {
           handle.ready = true;
+          shapeCounts[index] = 0;
           resolve({ handle, ready: msg });
         } else if (msg.type === 'initError') {
           // The worker ends itself after this message (it holds no session).
@@ -359,16 +273,16 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
         if (closing && inFlight === 0) return;
         restarts++;
         log.error({ model, code, restarts, inFlight: running !== undefined }, 'worker exited, replacing it');
-        respawn(0);
+        respawn(0, handle.index);
       });
     });
 
-  const respawn = (attempt: number): void => {
+  const respawn = (attempt: number, index: number): void => {
     const delayMs = attempt === 0 ? 0 : Math.min(RESPAWN_DELAY_MS * 2 ** (attempt - 1), RESPAWN_MAX_DELAY_MS);
     const timer = setTimeout(() => {
       respawnTimers.delete(timer);
       if (closing && inFlight === 0) return;
-      spawn(init).then(
+      spawn(init, index).then(
         ({ handle }) => {
           if (closing && inFlight === 0) {
             void closeWorker(handle.worker);
@@ -380,7 +294,7 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
         },
         (err: unknown) => {
           log.error({ model, err, attempt }, 'worker replacement failed');
-          respawn(attempt + 1);
+          respawn(attempt + 1, index);
         },
       );
     }, delayMs);
@@ -392,15 +306,17 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
 
   // The first worker decides the provider and profiles; the others start together once it is ready. On a failure
   // every started worker is closed (not terminated: see the file comment) before the error is thrown.
-  const started = await spawn({ ...baseInit, profile: true, ...(opts.warmupDims && { warmupDims: opts.warmupDims }) });
+  const started = await spawn({ ...baseInit, profile: true, ...(opts.warmupDims && { warmupDims: opts.warmupDims }) }, 0);
   const first = started.ready;
   idleList.push(started.handle);
   init = { ...baseInit, providers: [first.provider], fallbackToCpu: false, inputName: first.inputName };
+  // The others feed images as the first one does (it may have fallen back to the CPU and the float model).
+  if (!first.uint8Input) delete init.uint8Input;
   const instances = resolveInstances(opts.instances, first.provider, opts.intraOpNumThreads, opts.cpus ?? availableCpus());
   // Two free slots per instance. Created here, once `auto` is resolved: nothing takes a slot before the pool is
   // returned, and no run settles (settle releases slots) before one is submitted.
   const slots = new SlotPool(instances * 2);
-  const rest = await Promise.allSettled(Array.from({ length: instances - 1 }, () => spawn(init)));
+  const rest = await Promise.allSettled(Array.from({ length: instances - 1 }, (_, i) => spawn(init, i + 1)));
   const failed = rest.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed !== undefined) {
     closing = true;
@@ -420,28 +336,15 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
     provider: first.provider,
     requestedProviders: [...opts.providers],
     ...(first.fallbackReason !== undefined && { fallbackReason: first.fallbackReason }),
+    exactInt8: int8.exact,
+    uint8Input: first.uint8Input,
     nodeCounts: first.nodeCounts,
     inputs: first.inputs,
     outputs: first.outputs,
   };
-  if (first.fallbackReason !== undefined) {
-    log.warn(
-      { model, requested: opts.providers, provider: first.provider, reason: first.fallbackReason },
-      'execution provider fallback',
-    );
-  }
-  if (first.niceError !== undefined) {
-    log.warn({ model, nice: opts.nice, reason: first.niceError }, 'inference threads keep their priority');
-  }
-  if (first.profileError !== undefined) {
-    log.warn({ model, reason: first.profileError }, 'node counts unavailable');
-  }
-  log.info(
-    { model, provider: first.provider, instances, ...(opts.instances === 'auto' && { instancesSetting: 'auto' }), nodeCounts: first.nodeCounts },
-    'session pool ready',
-  );
+  logReady(opts, first, instances, int8);
 
-  const submit = (request: Request, extra: Pick<Job, 'slot' | 'onHeld'> = {}): Promise<Outputs> => {
+  const submit = (request: Request, extra: Pick<Job, 'slot' | 'onHeld' | 'transfer'> = {}): Promise<Outputs> => {
     if (closing) {
       if (extra.slot !== undefined) slots.release(extra.slot);
       return Promise.reject(new OcularError('DRAINING', `session pool of model ${model} is closed`));
@@ -466,27 +369,13 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
     },
 
     runImages(batch: ImageBatch): Promise<Outputs> {
-      if (batch.items.length === 0) return Promise.reject(new RangeError('a batch needs at least one image'));
-      let total = 0;
-      for (const item of batch.items) {
-        const bytes = item.width * item.height * 3;
-        if (item.pixels.length < bytes) {
-          return Promise.reject(
-            new RangeError(`pixel buffer holds ${item.pixels.length} bytes, ${item.width}x${item.height}x3 needs ${bytes}`),
-          );
-        }
-        total += bytes;
+      let packed: ReturnType<typeof packBatch>;
+      try {
+        packed = packBatch(slots, batch.items);
+      } catch (err) {
+        return Promise.reject(err);
       }
-      const slot = slots.acquire(total);
-      const view = new Uint8Array(slot);
-      const items: SlotItem[] = [];
-      let offset = 0;
-      for (const item of batch.items) {
-        const bytes = item.width * item.height * 3;
-        view.set(item.pixels.subarray(0, bytes), offset);
-        items.push({ byteOffset: offset, width: item.width, height: item.height });
-        offset += bytes;
-      }
+      const { slot, items } = packed;
       return submit(
         {
           type: 'run',
@@ -501,40 +390,15 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
       );
     },
 
-    runTensors(feeds: TensorFeeds): Promise<Outputs> {
-      // Structured clone copies the typed arrays: the caller keeps its buffers.
-      const copy: Record<string, FeedTensor> = {};
-      for (const [name, feed] of Object.entries(feeds)) copy[name] = { data: feed.data, dims: feed.dims, type: feed.type };
-      return submit({ type: 'runTensors', feeds: copy });
+    runTensors(feeds: TensorFeeds, padTo?: number): Promise<Outputs> {
+      // The feeds' buffers are transferred to the worker, not cloned (feeds.ts, feedsForTransfer: the caller's
+      // arrays are detached once the run is posted).
+      const sent = feedsForTransfer(feeds);
+      return submit({ type: 'runTensors', feeds: sent.feeds, ...(padTo !== undefined && { padTo }) }, { transfer: sent.transfer });
     },
 
-    hold(): PoolHold {
-      const flag = new Int32Array(new SharedArrayBuffer(4));
-      let entered!: () => void;
-      let failed!: (err: Error) => void;
-      const enteredPromise = new Promise<void>((resolve, reject) => {
-        entered = resolve;
-        failed = reject;
-      });
-      const done = submit({ type: 'hold', flag: flag.buffer as SharedArrayBuffer }, { onHeld: () => entered() }).then(
-        () => undefined,
-        (err: Error) => {
-          failed(err);
-          throw err;
-        },
-      );
-      // Callers may await only one of the two; neither should surface as an unhandled rejection.
-      enteredPromise.catch(() => {});
-      done.catch(() => {});
-      const wake = (value: number): void => {
-        Atomics.store(flag, 0, value);
-        Atomics.notify(flag, 0);
-      };
-      return { entered: enteredPromise, done, release: () => wake(1), crash: () => wake(2) };
-    },
-
-    injectFault(kind: WorkerFault): void {
-      pendingFault = kind;
+    shapeCounts(): number[] {
+      return Array.from({ length: instances }, (_, i) => shapeCounts[i] ?? 0);
     },
 
     halt(timeoutMs: number): Promise<boolean> {
@@ -564,21 +428,62 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
       return closed;
     },
   };
+  attachTestHooks(pool, {
+    hold: () => createHold((flag, onHeld) => submit({ type: 'hold', flag }, { onHeld })),
+    injectFault(kind: WorkerFault): void {
+      pendingFault = kind;
+    },
+  });
   return pool;
 }
 
-/**
- * Asks an idle worker to release its session and end, and waits for it to exit. No terminate() fallback: that
- * could land inside session.release() and abort the process (see the file comment); a worker that never ends is
- * left to the process's own shutdown deadline.
- */
-function closeWorker(worker: Worker): Promise<void> {
-  return new Promise<void>((resolve) => {
-    if (worker.threadId < 0) {
-      resolve(); // already ended
-      return;
-    }
-    worker.once('exit', () => resolve());
-    worker.postMessage({ type: 'close' } satisfies ToWorker);
-  });
+/** The session part of the pool's options, for every worker (the first one is also asked to profile). */
+function workerInitOf(opts: SessionPoolOptions, int8: Int8Precision): WorkerInit {
+  return {
+    modelPath: opts.modelPath,
+    providers: opts.providers,
+    fallbackToCpu: opts.fallbackToCpu,
+    gpuDeviceId: opts.gpuDeviceId,
+    intraOpNumThreads: opts.intraOpNumThreads,
+    interOpNumThreads: opts.interOpNumThreads,
+    ...(opts.normalize !== undefined && { normalize: opts.normalize }),
+    ...(opts.uint8Input !== undefined && { uint8Input: opts.uint8Input }),
+    ...(opts.inputName !== undefined && { inputName: opts.inputName }),
+    ...(opts.nice !== undefined && opts.nice > 0 && { nice: opts.nice }),
+    profile: false,
+    exactInt8: int8.exact,
+    ...(opts.providers.includes('webgpu') && { deviceLock: webgpuLock }),
+  };
+}
+
+/** What the first worker reported, logged once for the pool. */
+function logReady(opts: SessionPoolOptions, first: ReadyMessage, instances: number, int8: Int8Precision): void {
+  const log = opts.logger ?? silentLogger;
+  const model = opts.modelName;
+  // Warned once per process by the stage loader, with the remedy; here only for debugging.
+  if (first.fallbackReason !== undefined) {
+    log.debug(
+      { model, requested: opts.providers, provider: first.provider, reason: first.fallbackReason },
+      'execution provider fallback',
+    );
+  }
+  if (first.niceError !== undefined) {
+    log.warn({ model, nice: opts.nice, reason: first.niceError }, 'inference threads keep their priority');
+  }
+  if (first.profileError !== undefined) {
+    log.warn({ model, reason: first.profileError }, 'node counts unavailable');
+  }
+  log.info(
+    {
+      model,
+      provider: first.provider,
+      instances,
+      ...(opts.instances === 'auto' && { instancesSetting: 'auto' }),
+      nodeCounts: first.nodeCounts,
+      exactInt8: int8.exact,
+      uint8Input: first.uint8Input,
+      exactInt8Reason: int8.reason,
+    },
+    'session pool ready',
+  );
 }

@@ -85,6 +85,24 @@ export function nms(candidates: readonly Detection[], opts: NmsOptions): Detecti
 }
 
 /**
+ * The last step of every head: Ocular's NMS where the head's candidates are raw (`suppress`), else (an end-to-end
+ * head, already suppressed in its graph) only the order and the cap NMS would give: score descending, lower class
+ * first, then input order; at most `maxDetections`.
+ */
+export function finishDetections(candidates: readonly Detection[], opts: NmsOptions, suppress: boolean): Detection[] {
+  if (suppress) return nms(candidates, opts);
+  const limit = Math.floor(opts.maxDetections);
+  if (!(limit > 0)) return [];
+  const order = candidates.map((_, i) => i);
+  order.sort((i, j) => {
+    const a = candidates[i] as Detection;
+    const b = candidates[j] as Detection;
+    return b.score - a.score || a.index - b.index || i - j;
+  });
+  return order.slice(0, limit).map((i) => candidates[i] as Detection);
+}
+
+/**
  * Maps a box from tensor pixels to original-image pixels (inverse of tensor = original * scale + offset) and
  * clips it to [0, originalWidth] x [0, originalHeight]. Returns undefined when nothing of it is left inside
  * the image (a box that lies in letterbox padding), so decoders drop it before NMS.

@@ -52,19 +52,6 @@ export function ctcDecode(
   return { text, score: kept === 0 ? 0 : sum / kept };
 }
 
-/** Decodes every item of a `[N, T, C]` output. */
-export function ctcDecodeBatch(data: Float32Array, dims: readonly number[], labels: readonly string[]): RecognizedText[] {
-  if (dims.length !== 3) throw new RangeError(`CTC output must be [N, T, C], got [${dims.join(', ')}]`);
-  const [n, steps, classes] = dims as [number, number, number];
-  const size = steps * classes;
-  if (data.length < n * size) {
-    throw new RangeError(`CTC output holds ${data.length} values, [${dims.join(', ')}] needs ${n * size}`);
-  }
-  const results: RecognizedText[] = [];
-  for (let i = 0; i < n; i++) results.push(ctcDecode(data.subarray(i * size, (i + 1) * size), steps, classes, labels));
-  return results;
-}
-
 /** The class index of ' ', or -1 when the model has no space class. */
 function classSpace(classes: number, labelCount: number): number {
   if (classes === labelCount + 2) return labelCount + 1;

@@ -67,6 +67,22 @@ interface RotatedRect {
   height: number;
 }
 
+/**
+ * The top-left `width` x `height` of a map: the image's own part of a map computed at a larger (bucket) size, the
+ * rest being padding. Only that part enters the box search, so no box comes from the padding and a region that
+ * reaches the padding is cut at the image's edge, as on a map of the image's own size. Returns `map` itself where
+ * it has that size already, else a copy.
+ */
+export function topLeftRegion(map: ProbabilityMap, width: number, height: number): ProbabilityMap {
+  if (map.width === width && map.height === height) return map;
+  if (width > map.width || height > map.height) {
+    throw new RangeError(`a ${width}x${height} region does not fit a ${map.width}x${map.height} map`);
+  }
+  const data = new Float32Array(width * height);
+  for (let y = 0; y < height; y++) data.set(map.data.subarray(y * map.width, y * map.width + width), y * width);
+  return { data, width, height };
+}
+
 export function dbPostprocess(
   map: ProbabilityMap,
   transform: ImageTransform,

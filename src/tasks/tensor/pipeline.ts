@@ -1,23 +1,17 @@
-import type { StageEntry, TensorEntry } from '../../config/manifest.js';
-import { InputSpecSchema } from '../../config/input-spec.js';
+import type { TensorEntry } from '../../config/manifest.js';
 import { ModelCheckError } from '../../core/model-check.js';
-import type { TensorFeed } from '../../core/tensor-batcher.js';
+import { FEEDABLE_TYPES, zerosOf, type FeedTensor } from '../../core/runner/feeds.js';
+import { elementCount } from '../../core/tensor-codec.js';
 import type { TensorMeta } from '../../core/types.js';
 import { OcularError } from '../../errors.js';
 import { z } from 'zod';
-import type { PipelineDeps, TaskPipeline } from '../pipeline.js';
+import type { PipelineDeps, TaskPipeline } from '../../core/task-pipeline.js';
 
 /**
  * The `tensor` task: a model served as it is, no pre- or post-processing, for the v2 (Open Inference Protocol)
  * API only. The pipeline loads the session pool, checks that every input has a warm-up shape, and warms up at
  * batch 1 and at the stage's largest batch; v2 requests then go through the stage's tensor batcher.
  */
-
-/** The image spec a stage needs to exist; a tensor model never receives images, so it is never used. */
-const UNUSED_IMAGE_SPEC = InputSpecSchema.parse({ width: 1, height: 1 });
-
-/** Runner-supported input types: what the worker can feed to onnxruntime. */
-export const FEEDABLE_TYPES: ReadonlySet<string> = new Set(['float32', 'float64', 'int32', 'int64', 'uint8', 'int8', 'bool']);
 
 /** Warm-up dims of one input: the manifest's warmupShapes, else the model's own dims with a dynamic batch of n. */
 export function warmupDimsOf(entry: TensorEntry, input: TensorMeta, n: number): number[] {
@@ -33,30 +27,19 @@ export function warmupDimsOf(entry: TensorEntry, input: TensorMeta, n: number): 
   return dims;
 }
 
-function zeros(type: string, n: number): TensorFeed['data'] {
-  switch (type) {
-    case 'float32':
-      return new Float32Array(n);
-    case 'float64':
-      return new Float64Array(n);
-    case 'int32':
-      return new Int32Array(n);
-    case 'int64':
-      return new BigInt64Array(n);
-    case 'int8':
-      return new Int8Array(n);
-    default:
-      return new Uint8Array(n);
-  }
-}
+const TensorParamsSchema = z.strictObject({});
 
-export async function createTensorPipeline(entry: TensorEntry, deps: PipelineDeps): Promise<TaskPipeline> {
-  const stageEntry: StageEntry = { ...entry, input: UNUSED_IMAGE_SPEC };
+/** Takes no query and answers no /v1 prediction (its models are served through v2 infer). */
+export type TensorPipeline = TaskPipeline<z.infer<typeof TensorParamsSchema>, never>;
+
+export async function createTensorPipeline(entry: TensorEntry, deps: PipelineDeps): Promise<TensorPipeline> {
   // The first input's warm-up dims are needed before the session exists (the pool's profiled run), so they come
   // from the manifest when given; otherwise the pool's profiling falls back to the model's own dims.
   const firstGiven = entry.warmupShapes !== undefined ? Object.values(entry.warmupShapes)[0] : undefined;
-  const stage = await deps.createStage('', stageEntry, {
+  // No input spec: the stage takes raw tensors only.
+  const stage = await deps.createStage('', entry, {
     shapePolicy: 'fixed',
+    servesTensors: true,
     ...(firstGiven !== undefined ? { warmupDims: firstGiven } : {}),
   });
   const { inputs } = stage.pool.info;
@@ -73,10 +56,10 @@ export async function createTensorPipeline(entry: TensorEntry, deps: PipelineDep
   }
 
   const warmupAt = async (n: number): Promise<void> => {
-    const feeds: Record<string, TensorFeed> = {};
+    const feeds: Record<string, FeedTensor> = {};
     for (const input of inputs) {
       const dims = warmupDimsOf(entry, input, n);
-      feeds[input.name] = { data: zeros(input.type, dims.reduce((a, b) => a * b, 1)), dims, type: input.type };
+      feeds[input.name] = { data: zerosOf(input.type, elementCount(dims)), dims, type: input.type };
     }
     await stage.pool.runTensors(feeds);
   };
@@ -84,15 +67,20 @@ export async function createTensorPipeline(entry: TensorEntry, deps: PipelineDep
   return {
     task: entry.task,
     stages: [stage],
-    paramsSchema: z.strictObject({}),
+    paramsSchema: TensorParamsSchema,
     predict() {
       return Promise.reject(
         new OcularError('INVALID_REQUEST', `model "${entry.name}" serves raw tensors: use POST /v2/models/${entry.name}/infer`),
       );
     },
     async warmup() {
-      await warmupAt(1);
       const batchDynamic = inputs.every((i) => i.shape[0] === -1);
+      // A stage that pads its batches (the GPU policy) runs every request at its batch limit: warm that shape only.
+      if (stage.padsBatches && batchDynamic) {
+        await warmupAt(stage.batchLimit);
+        return;
+      }
+      await warmupAt(1);
       if (batchDynamic && stage.maxBatchSize > 1) await warmupAt(stage.maxBatchSize);
     },
   };

@@ -2,9 +2,10 @@ import t from 'tap';
 import * as ort from 'onnxruntime-node';
 import type { InferenceSession } from 'onnxruntime-common';
 import { createSessionWithFallback, resolveInstances, resolveProviders, type OrtApi } from '../../../src/core/runner/providers.js';
-import { modelPath, sharedTestOptions } from '../../helpers/shared.js';
+import { maxAbsDiff, modelPath, readTensorProto, sharedPath, sharedTestOptions } from '../../helpers/shared.js';
 
 const MOBILENET = 'models/mobilenetv2-12-int8/model.onnx';
+const SET_1 = 'models/mobilenetv2-12-int8/test_data_set_1/input_0.pb';
 
 interface CreateCall {
   providers: string[];
@@ -40,6 +41,7 @@ t.test('device modes resolve to provider lists', async (t) => {
   t.same(resolveProviders('auto'), { providers: ['cuda', 'cpu'], fallbackToCpu: true });
   t.same(resolveProviders('cuda'), { providers: ['cuda'], fallbackToCpu: false });
   t.same(resolveProviders('cpu'), { providers: ['cpu'], fallbackToCpu: false });
+  t.same(resolveProviders('webgpu'), { providers: ['webgpu'], fallbackToCpu: false }, 'webgpu or fail: no cpu fallback');
 });
 
 t.test('an explicit provider list is used as given, a trailing cpu being the fallback', async (t) => {
@@ -109,6 +111,30 @@ t.test('cpu never asks for a gpu provider', sharedTestOptions(MOBILENET), async 
   t.equal(calls[0]?.options.intraOpNumThreads, 1);
   t.equal(calls[0]?.options.logSeverityLevel, 4, 'native logging limited to fatal');
   t.equal(ort.env.logLevel, 'fatal');
+});
+
+t.test('exactInt8 asks onnxruntime for u8u8 products, and the int8 mobilenet then gives its reference logits', sharedTestOptions(MOBILENET, SET_1), async (t) => {
+  const input = readTensorProto(sharedPath(SET_1));
+  const expected = readTensorProto(sharedPath(SET_1.replace('input_0', 'output_0')));
+  const run = async (exactInt8: boolean): Promise<{ options: InferenceSession.SessionOptions; diff: number }> => {
+    const { api, calls } = spyOrt();
+    const created = await createSessionWithFallback(api, modelPath('mobilenetv2-12-int8'), {
+      ...resolveProviders('cpu'),
+      intraOpNumThreads: 1,
+      allowSpinning: false,
+      exactInt8,
+    });
+    t.teardown(() => created.session.release());
+    const out = await created.session.run({ input: new ort.Tensor('float32', input.data, input.dims) });
+    return { options: calls[0]?.options ?? {}, diff: maxAbsDiff(out['output']?.data as Float32Array, expected.data) };
+  };
+  const exact = await run(true);
+  t.same(exact.options.extra, { 'session.intra_op.allow_spinning': '0', 'session.x64quantprecision': '1' }, 'both config entries');
+  t.ok(exact.diff <= 1e-4, `exact: max |diff| ${exact.diff.toExponential(2)} <= 1e-4 from output_0.pb (batch 8)`);
+  const usual = await run(false);
+  t.same(usual.options.extra, { 'session.intra_op.allow_spinning': '0' }, 'without it, only the spinning entry');
+  // Equal to the reference on a CPU with VNNI; several logits off without it (int8-precision.ts).
+  t.comment(`u8s8 kernels on this CPU: max |diff| ${usual.diff.toExponential(2)} from output_0.pb`);
 });
 
 t.test('an explicit list tries each gpu provider alone (plus cpu), in order', sharedTestOptions(MOBILENET), async (t) => {

@@ -7,7 +7,7 @@ import sharp from 'sharp';
 import t from 'tap';
 import { createSessionPool } from '../../../src/core/runner/session-pool.js';
 import { currentThreadId, lowerCurrentThread, startThreadRenicer, threadNice } from '../../../src/core/runner/thread-priority.js';
-import { normalizeParamsOf } from '../../../src/tasks/preprocess/normalize.js';
+import { normalizeParamsOf } from '../../../src/core/runner/normalize.js';
 import { mobilenetV2Spec } from '../../fixtures/input-specs.js';
 import { modelPath, sharedTestOptions } from '../../helpers/shared.js';
 
