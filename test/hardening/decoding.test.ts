@@ -8,9 +8,9 @@
  * scripts/hardening/decoding.ts replays the full-size case.
  */
 import { readFileSync } from 'node:fs';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import sharp from 'sharp';
 import t, { type Test } from 'tap';
+import { describeBlock, MAX_LOOP_BLOCK_MS, measureLoopBlock } from '../helpers/loop-block.js';
 import { buildTestApp, sharedModel, writeManifest } from '../helpers/app.js';
 import { manyScanJpeg } from '../helpers/jpeg-scans.js';
 import { imagePath, sharedTestOptions } from '../helpers/shared.js';
@@ -21,7 +21,6 @@ import { ErrorBodySchema } from '../../src/errors.js';
 import { mobilenetV2Spec } from '../fixtures/input-specs.js';
 
 const needs = sharedTestOptions('models/mobilenetv2-12-int8/model.onnx', 'images/cat_chelsea.png');
-const MAX_BLOCK_MS = 100;
 
 async function serve(t: Test, config: Partial<Config>) {
   const { app, logs } = await buildTestApp(t, { manifestPath: writeManifest([sharedModel('mobilenetv2')]), config: { manifestWatchMs: 0, ...config } });
@@ -29,17 +28,6 @@ async function serve(t: Test, config: Partial<Config>) {
   const address = app.server.address();
   if (address === null || typeof address === 'string') throw new Error('no port');
   return { app, logs, base: `http://127.0.0.1:${address.port}` };
-}
-
-/** Runs `work` with an event-loop delay histogram on; the longest block, in ms. */
-async function maxLoopBlockMs<T>(work: () => Promise<T>): Promise<{ value: T; blockedMs: number }> {
-  const h = monitorEventLoopDelay({ resolution: 10 });
-  h.enable();
-  try {
-    return { value: await work(), blockedMs: h.max / 1e6 };
-  } finally {
-    h.disable();
-  }
 }
 
 /** `predict` of `image` with /healthz probed until it is answered; the answer and the probes' statuses. */
@@ -71,13 +59,13 @@ t.test('countJpegScans counts the scans from the markers, stopping past the limi
 t.test('a JPEG with more scans than OCULAR_MAX_JPEG_SCANS is refused 422 IMAGE_TOO_COMPLEX before decoding', needs, async (t) => {
   const { base } = await serve(t, { preprocessProcesses: 0, maxJpegScans: 100 });
   const hostile = await manyScanJpeg(2000, 400);
-  const { value, blockedMs } = await maxLoopBlockMs(() => predictWhileProbing(base, hostile));
+  const { value, ...block } = await measureLoopBlock(() => predictWhileProbing(base, hostile));
   t.equal(value.answer.status, 422);
   const body = ErrorBodySchema.parse(value.answer.body);
   t.equal(body.code, 'IMAGE_TOO_COMPLEX');
   t.match(body.message, /more than 100 scans.*OCULAR_MAX_JPEG_SCANS/, 'the message names the limit and the option');
   t.ok(value.probes.every((s) => s === 200), `/healthz answered meanwhile (${value.probes.length} probes)`);
-  t.ok(blockedMs < MAX_BLOCK_MS, `event loop blocked at most ${blockedMs.toFixed(1)} ms`);
+  t.ok(block.maxBlockMs < MAX_LOOP_BLOCK_MS, `event loop blocked at most ${describeBlock(block)}`);
 
   const progressive = await sharp(readFileSync(imagePath('cat_chelsea.png'))).jpeg({ progressive: true }).toBuffer();
   const normal = await predictWhileProbing(base, progressive);
@@ -93,14 +81,14 @@ t.test('in the server process, a decode found past OCULAR_DECODE_TIMEOUT_MS is a
   const hostile = await manyScanJpeg(2000, Math.min(20_000, Math.ceil(3000 / Math.max(perScanMs, 0.05))));
   const { base } = await serve(t, { preprocessProcesses: 0, maxJpegScans: 100_000, decodeTimeoutMs: 1000 });
   started = performance.now();
-  const { value, blockedMs } = await maxLoopBlockMs(() => predictWhileProbing(base, hostile));
+  const { value, ...block } = await measureLoopBlock(() => predictWhileProbing(base, hostile));
   t.comment(`answered in ${Math.round(performance.now() - started)} ms (${perScanMs.toFixed(2)} ms per scan)`);
   t.equal(value.answer.status, 422);
   const body = ErrorBodySchema.parse(value.answer.body);
   t.equal(body.code, 'IMAGE_TOO_COMPLEX');
   t.match(body.message, /longer than the limit of 1000 ms \(OCULAR_DECODE_TIMEOUT_MS\)/);
   t.ok(value.probes.every((s) => s === 200), `/healthz answered meanwhile (${value.probes.length} probes)`);
-  t.ok(blockedMs < MAX_BLOCK_MS, `event loop blocked at most ${blockedMs.toFixed(1)} ms`);
+  t.ok(block.maxBlockMs < MAX_LOOP_BLOCK_MS, `event loop blocked at most ${describeBlock(block)}`);
 });
 
 t.test('a preprocessing process decoding past the limit is killed and replaced; its request is answered 422', needs, async (t) => {
@@ -111,14 +99,14 @@ t.test('a preprocessing process decoding past the limit is killed and replaced; 
   const pid = pool.pids()[0];
   // Far more decoding than the 1 s limit plus the 1 s margin, on any machine: the child is killed long before.
   const hostile = await manyScanJpeg(4000, 3000);
-  const { value, blockedMs } = await maxLoopBlockMs(() => predictWhileProbing(base, hostile));
+  const { value, ...block } = await measureLoopBlock(() => predictWhileProbing(base, hostile));
   t.equal(value.answer.status, 422);
   const body = ErrorBodySchema.parse(value.answer.body);
   t.equal(body.code, 'IMAGE_TOO_COMPLEX');
   t.match(body.message, /OCULAR_DECODE_TIMEOUT_MS/);
   t.equal(pool.stats().exits, 1, 'the child was ended');
   t.ok(value.probes.every((s) => s === 200), `/healthz answered meanwhile (${value.probes.length} probes)`);
-  t.ok(blockedMs < MAX_BLOCK_MS, `event loop blocked at most ${blockedMs.toFixed(1)} ms`);
+  t.ok(block.maxBlockMs < MAX_LOOP_BLOCK_MS, `event loop blocked at most ${describeBlock(block)}`);
 
   t.ok(await pool.whenReady(15_000), 'a new child is started');
   t.not(pool.pids()[0], pid, 'a different process');
