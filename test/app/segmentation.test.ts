@@ -229,7 +229,12 @@ t.test('semantic segmentation with the shared DeepLabv3', sharedTestOptions(...S
 });
 
 t.test('masks over OCULAR_MAX_RESPONSE_BYTES are refused 422 RESPONSE_TOO_LARGE', sharedTestOptions(MODEL, 'images/street_notice_sign.jpg'), async (t) => {
-  const { app } = await buildTestApp(t, { manifestPath: writeManifest([sharedModel('deeplabv3-seg')]), config: { maxResponseBytes: 1500 } });
+  // Two files of one request batch together (no tuning, batches of 2, a wait for the second), so that their masks
+  // are built at the same time: the second to finish must find the answer full even so (it once took the room it had
+  // seen before either was built, and both were answered, on a loaded runner).
+  const entry = sharedModel('deeplabv3-seg');
+  const batched = { ...entry, batching: { ...(entry['batching'] as object | undefined), maxBatchSize: 2, maxQueueDelayMs: 500, tune: 'off' } };
+  const { app } = await buildTestApp(t, { manifestPath: writeManifest([batched]), config: { maxResponseBytes: 1500 } });
   const res = await predict(app, 'deeplabv3-seg', photo('street_notice_sign.jpg'));
   t.equal(res.statusCode, 422, res.body.slice(0, 200));
   t.equal(res.json<{ code: string }>().code, 'RESPONSE_TOO_LARGE');

@@ -116,8 +116,11 @@ export async function createSegmentationPipeline(
     }));
     const bytes =
       mask.png !== undefined ? mask.png.byteLength : classes.reduce((n, c) => n + CLASS_OVERHEAD_BYTES + c.label.length * 6 + (c.mask?.counts.length ?? 0), 0);
-    if (bytes > maxBytes) {
-      throw new OcularError('RESPONSE_TOO_LARGE', `the masks would take up to ${bytes} bytes, over the ${maxBytes} this answer may still take (OCULAR_MAX_RESPONSE_BYTES)`);
+    // The room is read again now, and taken in the same turn: another file of this answer, built at the same time,
+    // may have taken its share while this one's masks were built (`maxBytes` above only bounds the thread's work).
+    const room = Math.min(services.maxResponseBytes, budget?.left ?? Infinity);
+    if (bytes > room) {
+      throw new OcularError('RESPONSE_TOO_LARGE', `the masks would take up to ${bytes} bytes, over the ${room} this answer may still take (OCULAR_MAX_RESPONSE_BYTES)`);
     }
     if (budget !== undefined) budget.left -= bytes;
     recordStage(ctx.timings, 'postprocess', t);
