@@ -42,6 +42,8 @@ export interface LoadResult {
   latencyMs: LatencySummary;
   /** Answers by HTTP status, plus 'socket' for connection errors and 'timeout' for requests never answered. */
   statuses: Record<string, number>;
+  /** Open and rate-limited loops: the latency of each kind of answer (a refusal's too), keyed as `statuses`. */
+  latencyByStatusMs?: Record<string, LatencySummary>;
 }
 
 /**
@@ -165,6 +167,7 @@ export async function openLoop(
   const latencies = new Float64Array(total);
   const okFlags = new Uint8Array(total);
   const statuses: Record<string, number> = {};
+  const byStatus = new LatencyByStatus();
   const pending: Promise<void>[] = [];
   const start = performance.now() + 20;
   let sent = 0;
@@ -179,6 +182,7 @@ export async function openLoop(
             latencies[i] = performance.now() - due;
             const key = outcomeKey(outcome);
             statuses[key] = (statuses[key] ?? 0) + 1;
+            byStatus.add(key, latencies[i] as number);
             if (typeof outcome === 'number' && outcome >= 200 && outcome < 300) okFlags[i] = 1;
           }),
         );
@@ -206,6 +210,76 @@ export async function openLoop(
     throughputRps: ok.length / elapsedS,
     latencyMs: summarize(ok),
     statuses,
+    latencyByStatusMs: byStatus.summaries(),
+  };
+}
+
+/** Latencies kept per answer kind, for the refusals' latency beside the answers'. */
+class LatencyByStatus {
+  private readonly samples = new Map<string, number[]>();
+
+  add(key: string, ms: number): void {
+    const list = this.samples.get(key);
+    if (list === undefined) this.samples.set(key, [ms]);
+    else list.push(ms);
+  }
+
+  summaries(): Record<string, LatencySummary> {
+    return Object.fromEntries([...this.samples].map(([key, list]) => [key, summarize(list)]));
+  }
+}
+
+/**
+ * autocannon at a fixed overall rate (`overallRate`) for `durationS`, on `connections` sockets: the load a user's
+ * own autocannon run offers. Unlike `openLoop` it is not a true open loop: a connection sends its next request only
+ * after the answer to the last, so when every socket waits on the server the offered rate falls, and each latency
+ * runs from the request's actual send (autocannon corrects its own histogram for that; the per-status figures here
+ * are the raw ones). Answers are kept per status, as `openLoop` keeps them.
+ */
+export async function autocannonRateLoop(target: LoadTarget, rps: number, durationS: number, connections = 256): Promise<LoadResult> {
+  let next = 0;
+  const { bodies } = target;
+  const byStatus = new LatencyByStatus();
+  const ok: number[] = [];
+  const result = await new Promise<autocannon.Result>((resolve, reject) => {
+    const instance = autocannon(
+      {
+        url: new URL(target.path, target.url).href,
+        method: 'POST',
+        connections: Math.min(connections, Math.max(1, Math.round(rps))),
+        overallRate: Math.max(1, Math.round(rps)),
+        duration: durationS,
+        timeout: 30,
+        requests: [
+          {
+            setupRequest: (req) => {
+              const b = bodies[next++ % bodies.length] as PreparedBody;
+              return { ...req, method: 'POST', body: b.body, headers: { ...req.headers, 'content-type': b.contentType } };
+            },
+          },
+        ],
+      },
+      (err, res) => (err === null || err === undefined ? resolve(res) : reject(err instanceof Error ? err : new Error(String(err)))),
+    );
+    instance.on('response', (_client: unknown, statusCode: number, _bytes: number, ms: number) => {
+      byStatus.add(String(statusCode), ms);
+      if (statusCode >= 200 && statusCode < 300) ok.push(ms);
+    });
+  });
+  const statuses: Record<string, number> = {};
+  for (const [code, stat] of Object.entries(result.statusCodeStats ?? {})) statuses[code] = stat.count ?? 0;
+  if (result.errors > 0) statuses['socket'] = result.errors - result.timeouts;
+  if (result.timeouts > 0) statuses['timeout'] = result.timeouts;
+  return {
+    mode: 'open',
+    connections,
+    targetRps: rps,
+    durationS: result.duration,
+    requests: Object.values(statuses).reduce((a, b) => a + b, 0),
+    throughputRps: result['2xx'] / result.duration,
+    latencyMs: summarize(ok),
+    statuses,
+    latencyByStatusMs: byStatus.summaries(),
   };
 }
 
