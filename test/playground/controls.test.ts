@@ -8,7 +8,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Page, Route } from 'playwright-core';
+import type { FileChooser, Page, Route } from 'playwright-core';
 import t, { type Test } from 'tap';
 import { buildTestApp } from '../helpers/app.js';
 import {
@@ -90,6 +90,25 @@ async function tabTo(page: Page, id: string, index?: string): Promise<void> {
     if (index !== undefined ? focused.index === index : focused.id === id) return;
   }
   throw new Error(`Tab never reached #${id}${index !== undefined ? ` [data-index=${index}]` : ''}`);
+}
+
+/**
+ * Space on the file input, reached with Tab, opens the file chooser. Once, in a full run on a loaded runner, no
+ * chooser came within 30 s (and was not reproduced under load since), so a press without one is tried once more,
+ * after Tab has found the input again, and the test says so with what had the focus.
+ */
+async function chooserFromKeyboard(t: Test, page: Page): Promise<FileChooser> {
+  for (let attempt = 1; ; attempt++) {
+    await tabTo(page, 'file');
+    try {
+      const [chooser] = await Promise.all([page.waitForEvent('filechooser', { timeout: 15_000 }), page.keyboard.press('Space')]);
+      return chooser;
+    } catch (error) {
+      const focused = await page.evaluate(() => (globalThis as unknown as InPage).document.activeElement?.id ?? '');
+      if (attempt === 2) throw error;
+      t.comment(`no file chooser after Space with the focus on #${focused}: pressing it again`);
+    }
+  }
 }
 
 /** Labels drawn over the answer: none overlapping another, none cut by the canvas's edge. */
@@ -251,8 +270,7 @@ t.test('the playground waits for models to load, then every control changes the 
     await page.keyboard.press('ArrowUp');
     t.equal(await page.inputValue('#model'), 'mobilenetv2', 'the model picker changes with the arrow keys');
 
-    await tabTo(page, 'file');
-    const [chooser] = await Promise.all([page.waitForEvent('filechooser'), page.keyboard.press('Space')]);
+    const chooser = await chooserFromKeyboard(t, page);
     await rerun(page, BUSIEST, () => chooser.setFiles(imagePath(BUSIEST)));
     t.equal(await shapes(page) > 0, true, 'a file chosen from the keyboard is run');
 
