@@ -104,25 +104,38 @@ export function errorText(err: OcularError, format: ErrorFormat): string {
 export const JSON_TYPE = 'application/json; charset=utf-8';
 
 /**
- * Whether a request's body is still on its way (declared, and not all received): Node would read and discard the
- * rest after the answer to keep the connection, so an error answered early closes it instead. Injected requests
- * (no socket) have no `complete`.
+ * The most of a refused request's body that is read and thrown away to keep its connection: a photo's worth. A
+ * keep-alive client (a pool, autocannon) then sends its next request on the same socket instead of meeting a
+ * closed one; a larger upload, or one of unknown length, closes the connection, so a refusal never costs the reading
+ * of a large body.
  */
-export function bodyPending(raw: FastifyRequest['raw']): boolean {
+export const KEEP_ALIVE_DISCARD_BYTES = 1024 * 1024;
+
+/**
+ * Whether an answer sent now closes the connection: the request's body is still on its way (declared, and not all
+ * received; injected requests, with no socket, have no `complete`) and either long (over KEEP_ALIVE_DISCARD_BYTES),
+ * of unknown length (chunked), or already being read by someone. Otherwise Node reads and discards the rest of an
+ * untouched body after the answer (its `_dump`) and keeps the connection.
+ */
+export function closesConnection(raw: FastifyRequest['raw']): boolean {
   if ((raw as { complete?: boolean }).complete !== false) return false;
-  return Number(raw.headers['content-length']) > 0 || raw.headers['transfer-encoding'] !== undefined;
+  const declared = Number(raw.headers['content-length']);
+  if (raw.headers['transfer-encoding'] === undefined && !(declared > 0)) return false;
+  // readableFlowing is null until something reads the body (a listener, resume, pipe): only then is the rest Node's.
+  return raw.headers['transfer-encoding'] !== undefined || declared > KEEP_ALIVE_DISCARD_BYTES || raw.readableFlowing !== null;
 }
 
 /**
  * Answers `err` in `format` (by default the format of the request's path), with Retry-After on a 503. An answer
- * sent before the request's body has arrived carries `Connection: close`: Node then ends the connection once the
- * answer is written, instead of reading the rest of the body (up to the body limit) to keep it alive.
+ * sent before a large body, or one being read, has arrived carries `Connection: close` (closesConnection): Node
+ * then ends the connection once the answer is written (lingering, plugins/lingering-close.ts), instead of reading
+ * the rest of the body to keep it alive.
  */
 export function sendError(reply: FastifyReply, err: OcularError, format: ErrorFormat = errorFormatOf(reply.request.url)): FastifyReply {
   // The request's span says why it was refused (plugins/tracing.ts), whichever path refused it.
   reply.request.traceSpan?.refused(err);
   if (isRetryable(err.code)) void reply.header('retry-after', String(RETRY_AFTER_SECONDS));
-  if (bodyPending(reply.request.raw)) void reply.header('connection', 'close');
+  if (closesConnection(reply.request.raw)) void reply.header('connection', 'close');
   void reply.code(err.status).type(JSON_TYPE);
   // Ocular's body goes through the route's response schema; the protocol's is sent as text, since a v2 route may
   // declare another body for the same status (its readiness routes answer 400 `{ ready: false }`).
