@@ -12,8 +12,10 @@
  *   autocannon  autocannon at the same overall rate (`overallRate`, up to 256 connections), as a user would run it;
  *   node        Node's http client with every answer parsed, each 200's top-1 label checked (the CI test's client).
  * --compute-nice sets OCULAR_COMPUTE_NICE for the server (its compute threads' nice value; default the server's, 0).
+ * --cpu-prof DIR has the server write V8 CPU profiles of its threads into DIR when it exits (`node --cpu-prof`);
+ * `npx tsx scripts/cpuprofile-top.ts FILE` says where each thread's time went.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { imagePath } from '../../test/helpers/shared.js';
 import { send } from '../../test/helpers/hostile.js';
 import * as checked from '../../test/helpers/load.js';
@@ -28,7 +30,11 @@ const clientAt = process.argv.indexOf('--client');
 const client = clientAt >= 0 ? process.argv[clientAt + 1] : 'lean';
 if (client !== 'node' && !LOAD_CLIENTS.includes(client as LoadClient)) throw new Error(`--client is one of node, ${LOAD_CLIENTS.join(', ')}`);
 const niceAt = process.argv.indexOf('--compute-nice');
-const env: Record<string, string> = niceAt >= 0 ? { OCULAR_COMPUTE_NICE: String(process.argv[niceAt + 1]) } : {};
+const profAt = process.argv.indexOf('--cpu-prof');
+const env: Record<string, string> = {
+  ...(niceAt >= 0 && { OCULAR_COMPUTE_NICE: String(process.argv[niceAt + 1]) }),
+  ...(profAt >= 0 && { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${String(process.argv[profAt + 1])}` }),
+};
 
 const { server, port } = await serve(['mobilenetv2'], (m) => ({ ...m, batching: { maxBatchSize: 8, maxQueueDelayMs: 0, maxQueueSize: queue, timeoutMs: 2000 } }), env);
 const base = `http://127.0.0.1:${port}`;
@@ -44,6 +50,29 @@ const idleP50 = checked.percentile(idle, 50);
 const round = (x: number | undefined) => (x === undefined || Number.isNaN(x) ? null : Math.round(x * 10) / 10);
 const latency = (s: LatencySummary | undefined) => (s === undefined ? null : { count: s.count, p50: round(s.p50), p99: round(s.p99), max: round(s.max) });
 
+/**
+ * The server's threads' time from the kernel's scheduler (/proc/PID/task/TID/schedstat: ns on a CPU, ns waiting
+ * for one): the main thread's, and all threads' together. What bounds a refusal's latency under overload shows
+ * here: a main thread that waits for a CPU while the compute threads run.
+ */
+function schedOf(pid: number): { mainRunMs: number; mainWaitMs: number; allRunMs: number; allWaitMs: number } {
+  const read = (tid: string) => readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ').map(Number);
+  let allRun = 0;
+  let allWait = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const [run = 0, wait = 0] = read(tid);
+      allRun += run;
+      allWait += wait;
+    } catch {
+      // A thread that ended meanwhile.
+    }
+  }
+  const [mainRun = 0, mainWait = 0] = read(String(pid));
+  return { mainRunMs: mainRun / 1e6, mainWaitMs: mainWait / 1e6, allRunMs: allRun / 1e6, allWaitMs: allWait / 1e6 };
+}
+const pid = server.child.pid ?? 0;
+
 let maxDepth = 0;
 const sampleDepth = () => void checked.queueDepth(port, 'mobilenetv2').then((d) => (maxDepth = Math.max(maxDepth, d)), () => {});
 const depthTimer = setInterval(sampleDepth, 100);
@@ -53,11 +82,15 @@ let capacityRps: number;
 let overload: Record<string, unknown>;
 let lost: number;
 let healthz: LatencySummary;
+let schedBefore: ReturnType<typeof schedOf> | undefined;
+let schedAfter: ReturnType<typeof schedOf> | undefined;
 if (client === 'node') {
   const nodeTarget = { port, path, bodies: [photo], labels: ['Egyptian cat'] };
   capacityRps = (await checked.closedLoop(nodeTarget, 8, 10)).rps;
   const probe = await probeLatency(base, 50);
+  schedBefore = schedOf(pid);
   const outcomes = await checked.openLoop(nodeTarget, capacityRps * factor, seconds);
+  schedAfter = schedOf(pid);
   healthz = await probe.stop();
   const summary = checked.summarise(outcomes);
   lost = summary.lost;
@@ -66,7 +99,9 @@ if (client === 'node') {
   capacityRps = (await closedLoop(target, 8, 10, client as LoadClient)).throughputRps;
   const rate = capacityRps * factor;
   const probe = await probeLatency(base, 50);
+  schedBefore = schedOf(pid);
   const result = client === 'lean' ? await openLoop(target, rate, seconds) : await autocannonRateLoop(target, rate, seconds);
+  schedAfter = schedOf(pid);
   healthz = await probe.stop();
   const by = result.latencyByStatusMs ?? {};
   const answered = (key: string) => result.statuses[key] ?? 0;
@@ -108,11 +143,28 @@ const figures = {
   offeredRps: round(capacityRps * factor),
   ...overload,
   healthzFromOwnProcessMs: latency(healthz),
+  // During the overload, from the kernel's scheduler: how long the server's main thread (and all its threads) ran
+  // on a CPU and waited for one.
+  serverThreadsDuringOverloadMs:
+    schedBefore === undefined || schedAfter === undefined
+      ? null
+      : {
+          mainRan: round(schedAfter.mainRunMs - schedBefore.mainRunMs),
+          mainWaitedForCpu: round(schedAfter.mainWaitMs - schedBefore.mainWaitMs),
+          allRan: round(schedAfter.allRunMs - schedBefore.allRunMs),
+          allWaitedForCpu: round(schedAfter.allWaitMs - schedBefore.allWaitMs),
+        },
   maxQueueDepth: maxDepth,
   recoveredToNormalLatencyMs: round(recoveredMs),
   readyAfter: ready,
   processAlive: server.child.exitCode === null,
 };
 process.stdout.write(`${JSON.stringify(figures, null, 2)}\n`);
+if (profAt >= 0) {
+  // A profile is written when the process exits, not when it is killed: SIGTERM, and the drain, first.
+  const exited = new Promise((resolve) => server.child.once('exit', resolve));
+  server.child.kill('SIGTERM');
+  await exited;
+}
 server.kill();
 process.exit(lost === 0 && ready === 200 ? 0 : 1);
