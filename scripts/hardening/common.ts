@@ -11,10 +11,11 @@ export async function serve(
   models: string[],
   edit: (m: Record<string, unknown>) => Record<string, unknown> = (m) => m,
   env: Record<string, string> = {},
+  nodeOptions: readonly string[] = [],
 ): Promise<{ server: ChildServer; port: number }> {
   const manifest = writeManifest(mkdtempSync(join(tmpdir(), 'ocular-hardening-')), models, edit);
   const port = await freePort();
-  const server = startServer({ OCULAR_MANIFEST: manifest, OCULAR_LOG_LEVEL: 'warn', PORT: String(port), OCULAR_INTRA_OP_THREADS: '0', ...env });
+  const server = startServer({ OCULAR_MANIFEST: manifest, OCULAR_LOG_LEVEL: 'warn', PORT: String(port), OCULAR_INTRA_OP_THREADS: '0', ...env }, [], { nodeOptions });
   process.on('exit', () => server.kill());
   await waitReady(server, port);
   return { server, port };

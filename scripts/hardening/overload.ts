@@ -31,12 +31,10 @@ const client = clientAt >= 0 ? process.argv[clientAt + 1] : 'lean';
 if (client !== 'node' && !LOAD_CLIENTS.includes(client as LoadClient)) throw new Error(`--client is one of node, ${LOAD_CLIENTS.join(', ')}`);
 const niceAt = process.argv.indexOf('--compute-nice');
 const profAt = process.argv.indexOf('--cpu-prof');
-const env: Record<string, string> = {
-  ...(niceAt >= 0 && { OCULAR_COMPUTE_NICE: String(process.argv[niceAt + 1]) }),
-  ...(profAt >= 0 && { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${String(process.argv[profAt + 1])}` }),
-};
+const env: Record<string, string> = niceAt >= 0 ? { OCULAR_COMPUTE_NICE: String(process.argv[niceAt + 1]) } : {};
+const nodeOptions = profAt >= 0 ? ['--cpu-prof', `--cpu-prof-dir=${String(process.argv[profAt + 1])}`] : [];
 
-const { server, port } = await serve(['mobilenetv2'], (m) => ({ ...m, batching: { maxBatchSize: 8, maxQueueDelayMs: 0, maxQueueSize: queue, timeoutMs: 2000 } }), env);
+const { server, port } = await serve(['mobilenetv2'], (m) => ({ ...m, batching: { maxBatchSize: 8, maxQueueDelayMs: 0, maxQueueSize: queue, timeoutMs: 2000 } }), env, nodeOptions);
 const base = `http://127.0.0.1:${port}`;
 const path = '/v1/models/mobilenetv2/predict';
 const photo = readFileSync(imagePath('cat_chelsea.png'));

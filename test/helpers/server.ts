@@ -32,9 +32,14 @@ function childEnv(env: Record<string, string>): NodeJS.ProcessEnv {
 /**
  * Starts src/main.ts with `env` (and CLI `args`); kill it in the test's teardown (`t.teardown(server.kill)`).
  * `openFileLimit` runs it under `ulimit -n` (soft and hard) through bash, which then execs node (same pid).
+ * `nodeOptions` go to node itself, before the script (some, such as --cpu-prof, are refused in NODE_OPTIONS).
  */
-export function startServer(env: Record<string, string>, args: readonly string[] = [], opts: { openFileLimit?: number } = {}): ChildServer {
-  const nodeArgs = ['--import', 'tsx', 'src/main.ts', ...args];
+export function startServer(
+  env: Record<string, string>,
+  args: readonly string[] = [],
+  opts: { openFileLimit?: number; nodeOptions?: readonly string[] } = {},
+): ChildServer {
+  const nodeArgs = [...(opts.nodeOptions ?? []), '--import', 'tsx', 'src/main.ts', ...args];
   const [command, commandArgs] =
     opts.openFileLimit === undefined
       ? [process.execPath, nodeArgs]
