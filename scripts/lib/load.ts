@@ -64,10 +64,11 @@ export function closedLoop(
   return client === 'lean' ? leanClosedLoop(target, connections, durationS) : autocannonClosedLoop(target, connections, durationS);
 }
 
-async function autocannonClosedLoop(target: LoadTarget, connections: number, durationS: number): Promise<LoadResult> {
+/** autocannon's options for POSTs of `target`'s bodies, round-robin, built anew for each request. */
+function autocannonOptions(target: LoadTarget, durationS: number, connections: number): autocannon.Options {
   let next = 0;
   const { bodies } = target;
-  const result = await autocannon({
+  return {
     url: new URL(target.path, target.url).href,
     method: 'POST',
     connections,
@@ -81,11 +82,21 @@ async function autocannonClosedLoop(target: LoadTarget, connections: number, dur
         },
       },
     ],
-  });
+  };
+}
+
+/** An autocannon result's answers by status, with 'socket' and 'timeout' as the lean client counts them. */
+function autocannonStatuses(result: autocannon.Result): Record<string, number> {
   const statuses: Record<string, number> = {};
   for (const [code, stat] of Object.entries(result.statusCodeStats ?? {})) statuses[code] = stat.count ?? 0;
   if (result.errors > 0) statuses['socket'] = result.errors - result.timeouts;
   if (result.timeouts > 0) statuses['timeout'] = result.timeouts;
+  return statuses;
+}
+
+async function autocannonClosedLoop(target: LoadTarget, connections: number, durationS: number): Promise<LoadResult> {
+  const result = await autocannon(autocannonOptions(target, durationS, connections));
+  const statuses = autocannonStatuses(result);
   const ok = result['2xx'];
   const l = result.latency;
   return {
@@ -237,39 +248,19 @@ class LatencyByStatus {
  * are the raw ones). Answers are kept per status, as `openLoop` keeps them.
  */
 export async function autocannonRateLoop(target: LoadTarget, rps: number, durationS: number, connections = 256): Promise<LoadResult> {
-  let next = 0;
-  const { bodies } = target;
+  const rate = Math.max(1, Math.round(rps));
   const byStatus = new LatencyByStatus();
   const ok: number[] = [];
   const result = await new Promise<autocannon.Result>((resolve, reject) => {
-    const instance = autocannon(
-      {
-        url: new URL(target.path, target.url).href,
-        method: 'POST',
-        connections: Math.min(connections, Math.max(1, Math.round(rps))),
-        overallRate: Math.max(1, Math.round(rps)),
-        duration: durationS,
-        timeout: 30,
-        requests: [
-          {
-            setupRequest: (req) => {
-              const b = bodies[next++ % bodies.length] as PreparedBody;
-              return { ...req, method: 'POST', body: b.body, headers: { ...req.headers, 'content-type': b.contentType } };
-            },
-          },
-        ],
-      },
-      (err, res) => (err === null || err === undefined ? resolve(res) : reject(err instanceof Error ? err : new Error(String(err)))),
+    const instance = autocannon({ ...autocannonOptions(target, durationS, Math.min(connections, rate)), overallRate: rate }, (err, res) =>
+      err === null || err === undefined ? resolve(res) : reject(err instanceof Error ? err : new Error(String(err))),
     );
     instance.on('response', (_client: unknown, statusCode: number, _bytes: number, ms: number) => {
       byStatus.add(String(statusCode), ms);
       if (statusCode >= 200 && statusCode < 300) ok.push(ms);
     });
   });
-  const statuses: Record<string, number> = {};
-  for (const [code, stat] of Object.entries(result.statusCodeStats ?? {})) statuses[code] = stat.count ?? 0;
-  if (result.errors > 0) statuses['socket'] = result.errors - result.timeouts;
-  if (result.timeouts > 0) statuses['timeout'] = result.timeouts;
+  const statuses = autocannonStatuses(result);
   return {
     mode: 'open',
     connections,
