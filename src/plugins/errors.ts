@@ -119,10 +119,11 @@ export const KEEP_ALIVE_DISCARD_BYTES = 1024 * 1024;
  */
 export function closesConnection(raw: FastifyRequest['raw']): boolean {
   if ((raw as { complete?: boolean }).complete !== false) return false;
+  const chunked = raw.headers['transfer-encoding'] !== undefined;
   const declared = Number(raw.headers['content-length']);
-  if (raw.headers['transfer-encoding'] === undefined && !(declared > 0)) return false;
+  if (!chunked && !(declared > 0)) return false;
   // readableFlowing is null until something reads the body (a listener, resume, pipe): only then is the rest Node's.
-  return raw.headers['transfer-encoding'] !== undefined || declared > KEEP_ALIVE_DISCARD_BYTES || raw.readableFlowing !== null;
+  return chunked || declared > KEEP_ALIVE_DISCARD_BYTES || raw.readableFlowing !== null;
 }
 
 /**
