@@ -139,10 +139,15 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
     let nodeCounts: Record<string, number> = {};
     let profileError: string | undefined;
     if (profileDir !== undefined) {
+      // On the CPU the profiled run takes one image: where nodes run does not depend on the batch, and the stage's
+      // warm-up runs the full batch anyway (the OCR detector's full batch made this run half a second of the start).
+      // On a GPU it keeps the warm-up's shape, which it warms: each new shape costs cuDNN its plans.
+      const warm = init.warmupDims;
+      const dims = warm !== undefined && warm.length > 0 && created.provider === 'cpu' ? [1, ...warm.slice(1)] : warm;
       try {
         const feeds = uint8 === undefined || init.normalize === undefined
-          ? profileFeeds({ ...init, ...(batchless && init.warmupDims !== undefined && { warmupDims: init.warmupDims.slice(1) }) }, inputName, sessionInputs)
-          : profileFeeds({ ...init, ...(init.warmupDims !== undefined && { warmupDims: pixelDimsOf(init.warmupDims, init.normalize.layout) }) }, PIXELS_INPUT, sessionInputs);
+          ? profileFeeds({ ...init, ...(dims !== undefined && { warmupDims: batchless ? dims.slice(1) : dims }) }, inputName, sessionInputs)
+          : profileFeeds({ ...init, ...(dims !== undefined && { warmupDims: pixelDimsOf(dims, init.normalize.layout) }) }, PIXELS_INPUT, sessionInputs);
         nodeCounts = await guarded(() => profileNodeCounts(session, feeds, profileDir));
       } catch (err) {
         profileError = messageOf(err);
