@@ -7,14 +7,8 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
 import t, { type Test } from 'tap';
-import { parseConfig } from '../../src/config/config.js';
-import { loadManifest } from '../../src/config/manifest.js';
-import { ModelLoadError, ModelRegistry } from '../../src/core/registry.js';
-import { noopTelemetry } from '../../src/core/telemetry.js';
-import { createTaskPipeline } from '../../src/tasks/index.js';
-import { MaskPool } from '../../src/tasks/segmentation/mask-pool.js';
+import { registryLoadError } from '../helpers/load-error.js';
 import { encodeExport, EXPORTS, type ExportShape } from '../helpers/export-shapes.js';
 
 t.setTimeout(120_000);
@@ -39,26 +33,7 @@ async function loadError(t: Test, shape: ExportShape, task: 'object-detection' |
           batching: { maxBatchSize: 1 },
         };
   await writeFile(join(dir, 'manifest.json'), JSON.stringify({ models: [entry] }));
-  const { config } = parseConfig({}, []);
-  const masks = new MaskPool();
-  const registry = new ModelRegistry({
-    manifest: await loadManifest(join(dir, 'manifest.json')),
-    config: { ...config, device: 'cpu', intraOpThreads: 1, cacheDir: join(dir, 'cache') },
-    logger: pino({ level: 'silent' }),
-    telemetry: noopTelemetry,
-    createPipeline: createTaskPipeline({ masks, maxResponseBytes: 1 << 20 }),
-  });
-  t.teardown(async () => {
-    await registry.close();
-    await masks.close();
-  });
-  const err: unknown = await registry.loadAll().then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (err === undefined) return undefined;
-  t.type(err, ModelLoadError);
-  return err instanceof Error ? err.message : String(err);
+  return registryLoadError(t, join(dir, 'manifest.json'), dir);
 }
 
 t.test('a YOLO seg export (shapes alone) fails to load as a detector, naming the mask prototypes', async (t) => {

@@ -6,14 +6,8 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
 import t, { type Test } from 'tap';
-import { parseConfig } from '../../../src/config/config.js';
-import { loadManifest } from '../../../src/config/manifest.js';
-import { ModelLoadError, ModelRegistry } from '../../../src/core/registry.js';
-import { noopTelemetry } from '../../../src/core/telemetry.js';
-import { createTaskPipeline } from '../../../src/tasks/index.js';
-import { MaskPool } from '../../../src/tasks/segmentation/mask-pool.js';
+import { registryLoadError } from '../../helpers/load-error.js';
 import { sharedModel } from '../../helpers/app.js';
 import { sharedTestOptions } from '../../helpers/shared.js';
 
@@ -27,26 +21,7 @@ async function loadError(t: Test, patch: Record<string, unknown>): Promise<strin
   const entry = { ...sharedModel('deeplabv3-seg'), ...patch };
   const manifestPath = join(dir, 'manifest.json');
   await writeFile(manifestPath, JSON.stringify({ models: [entry] }));
-  const { config } = parseConfig({}, []);
-  const masks = new MaskPool();
-  const registry = new ModelRegistry({
-    manifest: await loadManifest(manifestPath),
-    config: { ...config, device: 'cpu', intraOpThreads: 1, cacheDir: join(dir, 'cache') },
-    logger: pino({ level: 'silent' }),
-    telemetry: noopTelemetry,
-    createPipeline: createTaskPipeline({ masks, maxResponseBytes: 1 << 20 }),
-  });
-  t.teardown(async () => {
-    await registry.close();
-    await masks.close();
-  });
-  const err: unknown = await registry.loadAll().then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (err === undefined) return undefined;
-  t.type(err, ModelLoadError);
-  return err instanceof Error ? err.message : String(err);
+  return registryLoadError(t, manifestPath, dir);
 }
 
 t.test('segmentation entries are checked against the model', sharedTestOptions(MODEL), async (t) => {
