@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { send, writeManifest } from '../../test/helpers/hostile.js';
 import { freePort, startServer, waitReady, type ChildServer } from '../../test/helpers/server.js';
+import { LOAD_CLIENTS, type LoadClient } from '../lib/load.js';
 
 export async function serve(
   models: string[],
@@ -36,4 +37,12 @@ export async function scrape(port: number): Promise<Record<string, number>> {
 export function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+/** `--client`: node (Node's http client, every answer read) or one of the load generators of scripts/lib/load.ts. */
+export function clientArg(fallback: 'node' | LoadClient): 'node' | LoadClient {
+  const i = process.argv.indexOf('--client');
+  const client = i >= 0 ? process.argv[i + 1] : fallback;
+  if (client !== 'node' && !LOAD_CLIENTS.includes(client as LoadClient)) throw new Error(`--client is one of node, ${LOAD_CLIENTS.join(', ')}`);
+  return client as 'node' | LoadClient;
 }

@@ -14,13 +14,11 @@ import { extname } from 'node:path';
 import { imagePath, sharedPath } from '../../test/helpers/shared.js';
 import { closedLoop, openLoop, percentile, summarise, type LoadOutcome } from '../../test/helpers/load.js';
 import * as lib from '../lib/load.js';
-import { arg, scrape, serve } from './common.js';
+import { arg, clientArg, scrape, serve } from './common.js';
 
 const minutes = arg('minutes', 10);
 const every = arg('every', 10);
-const clientAt = process.argv.indexOf('--client');
-const client = clientAt >= 0 ? process.argv[clientAt + 1] : 'node';
-if (client !== 'node' && !lib.LOAD_CLIENTS.includes(client as lib.LoadClient)) throw new Error(`--client is one of node, ${lib.LOAD_CLIENTS.join(', ')}`);
+const client = clientArg('node');
 const { server, port } = await serve(['mobilenetv2', 'yolox-nano']);
 const names = readdirSync(sharedPath('images')).filter((f) => /\.(jpe?g|png)$/i.test(f));
 const photos = names.map((f) => readFileSync(imagePath(f)));
