@@ -1,4 +1,4 @@
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { readFields, stringOf, WireError, type WireField } from './onnx-wire.js';
 import type { TensorMeta } from './types.js';
 
@@ -8,9 +8,10 @@ import type { TensorMeta } from './types.js';
  * graph, and its graph inputs and outputs in onnxruntime's terms (TensorMeta). Read from the protobuf wire format
  * (onnx-wire.ts), so fields of ONNX versions newer than any schema we know are skipped, not refused.
  *
- * Two readers: `summarizeOnnx` walks a whole model held in memory (models:inspect); `readOnnxHeader` reads only the
+ * Three readers: `summarizeOnnx` walks a whole model held in memory (models:inspect); `readOnnxHeader` reads only the
  * top-level fields of a file, skipping the graph (weights included) with positioned reads, for the server's startup
- * check, which takes the inputs and outputs from the session instead.
+ * check, which takes the inputs and outputs from the session instead; `readOnnxInputs` reads only the graph's inputs
+ * the same way, for what must be decided before the session exists.
  */
 
 export interface OnnxHeader {
@@ -147,7 +148,7 @@ export function summarizeOnnx(bytes: Uint8Array): OnnxSummary {
   };
 }
 
-/** Top-level fields larger than this (other than the graph, which is skipped) are refused: no model has one. */
+/** Fields read larger than this are refused: no model has a header field or a graph input this large. */
 const MAX_HEADER_FIELD_BYTES = 64 * 1024 * 1024;
 
 /**
@@ -158,35 +159,70 @@ export async function readOnnxHeader(path: string): Promise<OnnxHeader> {
   const file = await open(path, 'r');
   try {
     const { size } = await file.stat();
-    const kept: Uint8Array[] = [];
-    const head = Buffer.alloc(20);
-    let pos = 0;
-    while (pos < size) {
-      const { bytesRead } = await file.read(head, 0, Math.min(head.length, size - pos), pos);
-      const [tag, afterTag] = varintAt(head, 0, bytesRead);
-      const field = Math.floor(tag / 8);
-      const wireType = tag % 8;
-      let end: number;
-      if (wireType === 0) end = pos + varintAt(head, afterTag, bytesRead)[1];
-      else if (wireType === 1) end = pos + afterTag + 8;
-      else if (wireType === 5) end = pos + afterTag + 4;
-      else if (wireType === 2) {
-        const [length, afterLength] = varintAt(head, afterTag, bytesRead);
-        end = pos + afterLength + length;
-        if (field !== MODEL.graph && length > MAX_HEADER_FIELD_BYTES) throw new WireError(`top-level field ${field} of ${length} bytes`);
-      } else throw new WireError(`unsupported wire type ${wireType} (field ${field})`);
-      if (end > size) throw new WireError(`field ${field} runs past the end of the file`);
-      if (field !== MODEL.graph) {
-        const raw = Buffer.alloc(end - pos);
-        await file.read(raw, 0, raw.length, pos);
-        kept.push(raw);
-      }
-      pos = end;
-    }
+    const { kept } = await walkFields(file, 0, size, (field) => field !== MODEL.graph);
     return headerOf(readFields(Buffer.concat(kept)));
   } finally {
     await file.close();
   }
+}
+
+/**
+ * The graph inputs an ONNX file declares (as summarizeOnnx reads them, initializers listed as inputs included),
+ * read with positioned reads: the graph's own fields are walked, and only its inputs are read. What a stage needs
+ * to know of its model before a session exists (stage-loader.ts: whether the client sets its input's size).
+ */
+export async function readOnnxInputs(path: string): Promise<TensorMeta[]> {
+  const file = await open(path, 'r');
+  try {
+    const { size } = await file.stat();
+    const { graph } = await walkFields(file, 0, size, () => false);
+    if (graph === undefined) throw new WireError('no graph: not an ONNX model');
+    const { kept } = await walkFields(file, graph.start, graph.end, (field) => field === GRAPH.input);
+    return all(readFields(Buffer.concat(kept)), GRAPH.input).map((f) => valueInfoOf(bytesOf(f) ?? new Uint8Array(0)));
+  } finally {
+    await file.close();
+  }
+}
+
+/**
+ * Walks the fields of the message between `start` and `end` of the file, one positioned read per field head: the
+ * bytes of each field `keep` accepts (head included, so that they parse as the same message), and where the content
+ * of the top-level graph field lies. A kept field larger than MAX_HEADER_FIELD_BYTES is refused.
+ */
+async function walkFields(
+  file: FileHandle,
+  start: number,
+  end: number,
+  keep: (field: number) => boolean,
+): Promise<{ kept: Uint8Array[]; graph?: { start: number; end: number } }> {
+  const kept: Uint8Array[] = [];
+  let graph: { start: number; end: number } | undefined;
+  const head = Buffer.alloc(20);
+  let pos = start;
+  while (pos < end) {
+    const { bytesRead } = await file.read(head, 0, Math.min(head.length, end - pos), pos);
+    const [tag, afterTag] = varintAt(head, 0, bytesRead);
+    const field = Math.floor(tag / 8);
+    const wireType = tag % 8;
+    let fieldEnd: number;
+    if (wireType === 0) fieldEnd = pos + varintAt(head, afterTag, bytesRead)[1];
+    else if (wireType === 1) fieldEnd = pos + afterTag + 8;
+    else if (wireType === 5) fieldEnd = pos + afterTag + 4;
+    else if (wireType === 2) {
+      const [length, afterLength] = varintAt(head, afterTag, bytesRead);
+      fieldEnd = pos + afterLength + length;
+      if (keep(field) && length > MAX_HEADER_FIELD_BYTES) throw new WireError(`field ${field} of ${length} bytes`);
+      if (start === 0 && field === MODEL.graph) graph = { start: pos + afterLength, end: fieldEnd };
+    } else throw new WireError(`unsupported wire type ${wireType} (field ${field})`);
+    if (fieldEnd > end) throw new WireError(`field ${field} runs past the end of its message`);
+    if (keep(field)) {
+      const raw = Buffer.alloc(fieldEnd - pos);
+      await file.read(raw, 0, raw.length, pos);
+      kept.push(raw);
+    }
+    pos = fieldEnd;
+  }
+  return graph === undefined ? { kept } : { kept, graph };
 }
 
 function varintAt(buf: Uint8Array, start: number, end: number): [number, number] {
