@@ -72,6 +72,13 @@ const StageFields = {
   instances: z.union([z.literal('auto'), z.number().int().min(1).max(64)]).default(1),
   /** Execution providers for this model, overriding the server's. */
   providers: z.array(ProviderSchema).min(1).optional(),
+  /**
+   * onnxruntime's CPU memory arena for this stage's sessions (its session option enableCpuMemArena). The arena keeps
+   * what the largest run allocated until the session is closed. `auto` (default): off where the stage serves raw
+   * tensors (`/v2`, gRPC) and its model takes an input of a size the client chooses (a dynamic dimension other than
+   * the batch), so that one huge request does not hold its memory for good; on elsewhere. `on`, `off`.
+   */
+  memoryArena: z.enum(['auto', 'on', 'off']).default('auto'),
 };
 
 /**
@@ -304,6 +311,7 @@ const TensorSchema = z.strictObject({
   batching: StageFields.batching,
   instances: StageFields.instances,
   providers: StageFields.providers,
+  memoryArena: StageFields.memoryArena,
   warmupShapes: z.record(z.string(), z.array(z.number().int().positive()).min(1).max(16)).optional(),
 });
 
@@ -355,8 +363,9 @@ export type ShapeBuckets = z.infer<typeof ShapeBucketsSchema>;
 export type TensorEntry = z.infer<typeof TensorSchema>;
 export type Batching = z.infer<typeof BatchingSchema>;
 /** What one stage is built from; no `input` for a model served as raw tensors only (it takes no images). */
-export type StageEntry = Pick<ClassificationEntry, 'source' | 'sha256' | 'maxDownloadBytes' | 'batching' | 'instances' | 'providers'> &
+export type StageEntry = Pick<ClassificationEntry, 'source' | 'sha256' | 'maxDownloadBytes' | 'batching' | 'instances' | 'providers' | 'memoryArena'> &
   Partial<Pick<ClassificationEntry, 'input'>>;
+export type MemoryArenaSetting = StageEntry['memoryArena'];
 export type Task = ModelEntry['task'];
 
 export class ManifestError extends Error {

@@ -23,6 +23,8 @@ export interface StageDescription {
   shapes: { perSession: number[]; bound?: number };
   /** Images reach the session as uint8 pixels, normalised by a prefix in its graph (manifest `input.uint8Input`). */
   uint8Input: boolean;
+  /** The sessions keep onnxruntime's CPU memory arena (manifest `memoryArena`). */
+  memoryArena: boolean;
   inputs: TensorMeta[];
   outputs: TensorMeta[];
   batching: {
@@ -115,6 +117,7 @@ export class ModelHandle<Pipeline extends TaskPipeline = TaskPipeline> {
         instances: s.pool.instances,
         shapes: { perSession: s.pool.shapeCounts(), ...(bound !== undefined && { bound }) },
         uint8Input: s.pool.info.uint8Input,
+        memoryArena: s.pool.info.cpuMemArena,
         inputs: s.pool.info.inputs,
         outputs: s.pool.info.outputs,
         batching: {

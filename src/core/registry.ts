@@ -407,6 +407,7 @@ export class ModelRegistry<Pipeline extends TaskPipeline = TaskPipeline> {
             batchLimit: s.batchLimit,
             padded: s.padsBatches,
             uint8Input: s.pool.info.uint8Input,
+            memoryArena: s.pool.info.cpuMemArena,
             ...(s.tuning !== undefined && { batchTuning: s.tuning.timings }),
           },
           'model stage ready',

@@ -3,11 +3,11 @@ import type { Config } from '../config/config.js';
 import { intraOpThreadsOf } from '../config/config.js';
 import { nominalDims, type InputSpec } from '../config/input-spec.js';
 import type { ProviderName } from '../config/providers.js';
-import type { StageEntry } from '../config/manifest.js';
+import type { MemoryArenaSetting, StageEntry } from '../config/manifest.js';
 import type { Logger } from './logger.js';
 import type { ModelHandle } from './model-handle.js';
 import { rejectUnsupportedExport } from './model-recognise.js';
-import { readOnnxHeader } from './onnx-summary.js';
+import { readOnnxHeader, readOnnxInputs } from './onnx-summary.js';
 import { resolveProviders } from './runner/providers.js';
 import { detectVulkanDriver, type VulkanDriverReport } from './runner/vulkan-driver.js';
 import { isHttpSource, resolveSource, type SourceOptions } from './source.js';
@@ -17,6 +17,7 @@ import { ITEM_PAD_VALUE, padsItems, Stage } from './stage.js';
 import { decideUint8Input, prepareUint8Model } from './uint8-model.js';
 import type { StageRequest } from './task-pipeline.js';
 import type { Telemetry } from './telemetry.js';
+import type { TensorMeta } from './types.js';
 import type { BatchTracer } from './tracing.js';
 
 /** Cap on a labels file downloaded from a URL: PaddleOCR's 6623-entry dictionary is 26 KB. */
@@ -81,6 +82,8 @@ export class StageLoader {
     const plan = resolveProviders(device, explicit);
     const uint8Input = entry.input === undefined ? undefined : await this.uint8InputOf(handle.name, field, entry.input, modelPath, plan.providers[0], request);
     const warmupDims = request.warmupDims ?? (entry.input !== undefined ? nominalDims(entry.input, 1) : undefined);
+    const arena = await this.memoryArenaOf(entry.memoryArena, modelPath, request);
+    if (!arena.on) logger.debug({ model: handle.name, stage: field === '' ? 'main' : field, reason: arena.reason }, 'no CPU memory arena');
     const stage = await Stage.create({
       model: handle.name,
       stage: field === '' ? 'main' : field,
@@ -96,6 +99,7 @@ export class StageLoader {
       nice: config.computeNice,
       ...(warmupDims !== undefined && { warmupDims }),
       ...(uint8Input !== undefined && { uint8Input }),
+      cpuMemArena: arena.on,
       shapePolicy: request.shapePolicy,
       servesTensors: request.servesTensors,
       ...(request.sizeBuckets !== undefined && { sizeBuckets: request.sizeBuckets }),
@@ -173,6 +177,21 @@ export class StageLoader {
   }
 
   /**
+   * Whether the stage's sessions keep onnxruntime's CPU memory arena (manifest `memoryArena`, decideMemoryArena).
+   * Under `auto`, a stage that serves raw tensors has its model's declared inputs read from the file first: the
+   * session option is fixed when the session is made. A file this reader cannot read keeps the arena (onnxruntime's
+   * default); the session's own load then says what is wrong with it.
+   */
+  private async memoryArenaOf(setting: MemoryArenaSetting, modelPath: string, request: StageRequest): Promise<ArenaDecision> {
+    if (setting !== 'auto' || request.servesTensors !== true) return decideMemoryArena(setting, request.servesTensors === true, []);
+    try {
+      return decideMemoryArena(setting, true, await readOnnxInputs(modelPath));
+    } catch (err) {
+      return { on: true, reason: `inputs not read (${err instanceof Error ? err.message : String(err)}): onnxruntime's default` };
+    }
+  }
+
+  /**
    * The stage's uint8 input (uint8-model.ts), or undefined for float input. Where it cannot be had, the model
    * fails to load if the manifest asked for it (`always`), and keeps float input with a warning under `gpu`.
    */
@@ -208,4 +227,25 @@ export class StageLoader {
       return undefined;
     }
   }
+}
+
+export interface ArenaDecision {
+  on: boolean;
+  reason: string;
+}
+
+/**
+ * The CPU memory arena of a stage's sessions. onnxruntime's arena keeps the largest run's memory until the session
+ * closes (docs/RELIABILITY.md, "8. Bounded work": 1.7-1.8 GiB after four [1, 3, 48, 16320] recogniser runs). Where the
+ * client sets the size of a raw tensor (an input with a dynamic dimension other than the first, the batch, which the
+ * manifest's maxBatchSize bounds), that largest run is the largest request the body limit lets in, so `auto` runs
+ * those sessions without the arena. Image inputs are sized by the manifest, whatever the photo: the arena stays.
+ */
+export function decideMemoryArena(setting: MemoryArenaSetting, servesTensors: boolean, inputs: readonly TensorMeta[]): ArenaDecision {
+  if (setting !== 'auto') return { on: setting === 'on', reason: `memoryArena is ${setting}` };
+  if (!servesTensors) return { on: true, reason: 'the stage serves no raw tensors: its inputs are sized by the manifest' };
+  const sized = inputs.find((i) => i.shape.slice(1).some((d) => d < 0));
+  return sized === undefined
+    ? { on: true, reason: "every raw tensor input's size is fixed by the model, but for the batch" }
+    : { on: false, reason: `raw tensor input ${sized.name} [${sized.shape.join(',')}] has a size the client chooses` };
 }

@@ -31,7 +31,7 @@ import type { PreparedPixels } from './types.js';
 /** The runner's options a stage passes on (runner/options.ts; the logger required), and its own. */
 export type StageOptions = Pick<
   SessionPoolOptions,
-  'modelPath' | 'instances' | 'providers' | 'fallbackToCpu' | 'gpuDeviceId' | 'intraOpNumThreads' | 'nice' | 'onFatal' | 'warmupDims' | 'uint8Input'
+  'modelPath' | 'instances' | 'providers' | 'fallbackToCpu' | 'gpuDeviceId' | 'intraOpNumThreads' | 'nice' | 'onFatal' | 'warmupDims' | 'uint8Input' | 'cpuMemArena'
 > &
   Required<Pick<SessionPoolOptions, 'logger'>> & {
     model: string;
@@ -167,6 +167,7 @@ export class Stage {
       instances: opts.instances,
       intraOpNumThreads: opts.intraOpNumThreads,
       interOpNumThreads: 1,
+      ...(opts.cpuMemArena !== undefined && { cpuMemArena: opts.cpuMemArena }),
       ...(opts.nice !== undefined && { nice: opts.nice }),
       ...(opts.input?.name !== undefined ? { inputName: opts.input.name } : {}),
       ...(opts.input !== undefined && { normalize: normalizeParamsOf(opts.input) }),

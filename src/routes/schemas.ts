@@ -134,6 +134,7 @@ export const ModelDescriptionSchema = z
           })
           .meta({ description: 'input shapes run per session: few shapes keep a GPU session warm' }),
         uint8Input: z.boolean().meta({ description: 'images reach the session as uint8 pixels, normalised by a prefix in its graph' }),
+        memoryArena: z.boolean().meta({ description: "the sessions keep onnxruntime's CPU memory arena (manifest memoryArena)" }),
         inputs: z.array(TensorMetaSchema),
         outputs: z.array(TensorMetaSchema),
         batching: z.object({

@@ -22,6 +22,8 @@ export interface SessionPoolOptions {
   cpus?: number;
   intraOpNumThreads: number;
   interOpNumThreads: number;
+  /** onnxruntime's CPU memory arena in every session of the pool (the stage loader decides: memoryArenaOf); default on. */
+  cpuMemArena?: boolean;
   /** The image input; default the model's first input. */
   inputName?: string;
   /** Absent for a model served as raw tensors only: it takes no images. */

@@ -97,6 +97,8 @@ export interface CreateSessionOptions {
    * they are not.
    */
   allowSpinning?: boolean;
+  /** onnxruntime's CPU memory arena (enableCpuMemArena); absent: onnxruntime's default, on. */
+  cpuMemArena?: boolean;
   /**
    * Whether onnxruntime computes int8 matrix products exactly (u8u8) instead of with its u8s8 kernels, which
    * saturate on x86 CPUs without VNNI (int8-precision.ts). Leaves float models unchanged.
@@ -177,6 +179,7 @@ export async function createSessionWithFallback(
     ...(opts.intraOpNumThreads !== undefined && { intraOpNumThreads: opts.intraOpNumThreads }),
     ...(opts.interOpNumThreads !== undefined && { interOpNumThreads: opts.interOpNumThreads }),
     ...(opts.graphOptimizationLevel !== undefined && { graphOptimizationLevel: opts.graphOptimizationLevel }),
+    ...(opts.cpuMemArena !== undefined && { enableCpuMemArena: opts.cpuMemArena }),
     ...(opts.enableProfiling !== undefined && { enableProfiling: opts.enableProfiling }),
     ...(opts.profileFilePrefix !== undefined && { profileFilePrefix: opts.profileFilePrefix }),
     ...(Object.keys(config).length > 0 && { extra: config }),

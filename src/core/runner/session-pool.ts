@@ -50,6 +50,8 @@ export interface SessionInfo {
   exactInt8: boolean;
   /** Images reach the session as uint8 pixels, normalised by the model's prefix (uint8-prefix.ts). */
   uint8Input: boolean;
+  /** Whether the sessions keep onnxruntime's CPU memory arena (SessionPoolOptions.cpuMemArena). */
+  cpuMemArena: boolean;
   /** Distinct nodes per onnxruntime provider (e.g. CPUExecutionProvider) in one profiled run. */
   nodeCounts: Record<string, number>;
   inputs: TensorMeta[];
@@ -338,6 +340,7 @@ export async function createSessionPool(opts: SessionPoolOptions): Promise<Sessi
     ...(first.fallbackReason !== undefined && { fallbackReason: first.fallbackReason }),
     exactInt8: int8.exact,
     uint8Input: first.uint8Input,
+    cpuMemArena: opts.cpuMemArena ?? true,
     nodeCounts: first.nodeCounts,
     inputs: first.inputs,
     outputs: first.outputs,
@@ -446,6 +449,7 @@ function workerInitOf(opts: SessionPoolOptions, int8: Int8Precision): WorkerInit
     gpuDeviceId: opts.gpuDeviceId,
     intraOpNumThreads: opts.intraOpNumThreads,
     interOpNumThreads: opts.interOpNumThreads,
+    ...(opts.cpuMemArena !== undefined && { cpuMemArena: opts.cpuMemArena }),
     ...(opts.normalize !== undefined && { normalize: opts.normalize }),
     ...(opts.uint8Input !== undefined && { uint8Input: opts.uint8Input }),
     ...(opts.inputName !== undefined && { inputName: opts.inputName }),

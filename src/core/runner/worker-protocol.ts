@@ -20,6 +20,7 @@ export type WorkerInit = Pick<
   | 'gpuDeviceId'
   | 'intraOpNumThreads'
   | 'interOpNumThreads'
+  | 'cpuMemArena'
   | 'normalize'
   | 'uint8Input'
   | 'inputName'

@@ -100,6 +100,7 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
       // threads needs (docs/PERFORMANCE.md).
       allowSpinning: false,
       exactInt8: init.exactInt8,
+      ...(init.cpuMemArena !== undefined && { cpuMemArena: init.cpuMemArena }),
     };
     const created = await guarded(() =>
       createSessionWithFallback(ort, uint8?.modelPath ?? init.modelPath, {
