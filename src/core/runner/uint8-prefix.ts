@@ -50,39 +50,39 @@ export interface Uint8Model {
 
 // ONNX field numbers (onnx.proto): ModelProto, GraphProto, NodeProto, AttributeProto, ValueInfoProto, TypeProto,
 // TypeProto.Tensor, TensorShapeProto, TensorProto, OperatorSetIdProto.
-const MODEL = { irVersion: 1, graph: 7, opsetImport: 8 } as const;
-const GRAPH = { node: 1, initializer: 5, input: 11 } as const;
-const NODE = { input: 1, output: 2, name: 3, opType: 4, attribute: 5 } as const;
-const ATTRIBUTE = { name: 1, i: 3, ints: 8, type: 20 } as const;
-const ATTRIBUTE_INT = 2;
-const ATTRIBUTE_INTS = 7;
-const VALUE_INFO = { name: 1, type: 2 } as const;
-const TYPE = { tensorType: 1 } as const;
-const TENSOR_TYPE = { elemType: 1, shape: 2 } as const;
-const SHAPE = { dim: 1 } as const;
-const DIM = { value: 1, param: 2 } as const;
-const TENSOR = { dims: 1, dataType: 2, name: 8, rawData: 9 } as const;
-const OPSET = { domain: 1, version: 2 } as const;
-const FLOAT = 1;
-const UINT8 = 2;
-const INT64 = 7;
+export const MODEL = { irVersion: 1, graph: 7, opsetImport: 8 } as const;
+export const GRAPH = { node: 1, initializer: 5, input: 11 } as const;
+export const NODE = { input: 1, output: 2, name: 3, opType: 4, attribute: 5 } as const;
+export const ATTRIBUTE = { name: 1, i: 3, ints: 8, type: 20 } as const;
+export const ATTRIBUTE_INT = 2;
+export const ATTRIBUTE_INTS = 7;
+export const VALUE_INFO = { name: 1, type: 2 } as const;
+export const TYPE = { tensorType: 1 } as const;
+export const TENSOR_TYPE = { elemType: 1, shape: 2 } as const;
+export const SHAPE = { dim: 1 } as const;
+export const DIM = { value: 1, param: 2 } as const;
+export const TENSOR = { dims: 1, dataType: 2, name: 8, rawData: 9 } as const;
+export const OPSET = { domain: 1, version: 2 } as const;
+export const FLOAT = 1;
+export const UINT8 = 2;
+export const INT64 = 7;
 /** Mul and Add broadcast numpy-style from opset 7 on; ONNX IR 4 lets initializers stay out of the inputs. */
 const MIN_OPSET = 7;
 const MIN_IR_VERSION = 4;
 
-const first = (fields: readonly WireField[], field: number): WireField | undefined => fields.find((f) => f.field === field);
-const all = (fields: readonly WireField[], field: number): WireField[] => fields.filter((f) => f.field === field);
-const payload = (f: WireField | undefined, what: string): Uint8Array => {
+export const first = (fields: readonly WireField[], field: number): WireField | undefined => fields.find((f) => f.field === field);
+export const all = (fields: readonly WireField[], field: number): WireField[] => fields.filter((f) => f.field === field);
+export const payload = (f: WireField | undefined, what: string): Uint8Array => {
   if (f === undefined || !(f.value instanceof Uint8Array)) throw new PrefixError(`${what} is missing`);
   return f.value;
 };
-const intOf = (f: WireField | undefined): number | undefined => (typeof f?.value === 'number' ? f.value : undefined);
+export const intOf = (f: WireField | undefined): number | undefined => (typeof f?.value === 'number' ? f.value : undefined);
 
-function attributeInt(name: string, value: number): Uint8Array {
+export function attributeInt(name: string, value: number): Uint8Array {
   return messageField(NODE.attribute, [stringField(ATTRIBUTE.name, name), intField(ATTRIBUTE.i, value), intField(ATTRIBUTE.type, ATTRIBUTE_INT)]);
 }
 
-function attributeInts(name: string, values: readonly number[]): Uint8Array {
+export function attributeInts(name: string, values: readonly number[]): Uint8Array {
   return messageField(NODE.attribute, [
     stringField(ATTRIBUTE.name, name),
     ...values.map((v) => intField(ATTRIBUTE.ints, v)),
@@ -100,7 +100,7 @@ function node(opType: string, inputs: readonly string[], output: string, attribu
   ]);
 }
 
-function initializer(name: string, dataType: number, dims: readonly number[], raw: Uint8Array): Uint8Array {
+export function initializer(name: string, dataType: number, dims: readonly number[], raw: Uint8Array): Uint8Array {
   return messageField(GRAPH.initializer, [
     ...dims.map((d) => intField(TENSOR.dims, d)),
     intField(TENSOR.dataType, dataType),
@@ -109,13 +109,13 @@ function initializer(name: string, dataType: number, dims: readonly number[], ra
   ]);
 }
 
-function floatBytes(values: readonly number[]): Uint8Array {
+export function floatBytes(values: readonly number[]): Uint8Array {
   const out = Buffer.alloc(values.length * 4);
   values.forEach((v, i) => out.writeFloatLE(v, i * 4));
   return out;
 }
 
-function int64Bytes(values: readonly number[]): Uint8Array {
+export function int64Bytes(values: readonly number[]): Uint8Array {
   const out = Buffer.alloc(values.length * 8);
   values.forEach((v, i) => out.writeBigInt64LE(BigInt(v), i * 8));
   return out;
@@ -150,7 +150,7 @@ function dimOf(dim: Uint8Array): { size: number; symbol: string } {
 }
 
 /** The default domain's opset of a model (ModelProto.opset_import with domain '' or absent). */
-function defaultOpset(model: readonly WireField[]): number | undefined {
+export function defaultOpset(model: readonly WireField[]): number | undefined {
   for (const f of all(model, MODEL.opsetImport)) {
     const set = readFields(payload(f, 'opset import'));
     const domain = stringOf(first(set, OPSET.domain)) ?? '';
