@@ -14,7 +14,8 @@ import { isHttpSource, resolveSource, type SourceOptions } from './source.js';
 import type { Uint8Input } from './runner/options.js';
 import { PrefixError, WireError } from './runner/uint8-prefix.js';
 import { ITEM_PAD_VALUE, padsItems, Stage } from './stage.js';
-import { decideUint8Input, prepareUint8Model } from './uint8-model.js';
+import { decideUint8Input, prepareRegionMaskModel, prepareUint8Model } from './uint8-model.js';
+import { MaskError } from './runner/region-mask.js';
 import type { StageRequest } from './task-pipeline.js';
 import type { Telemetry } from './telemetry.js';
 import type { TensorMeta } from './types.js';
@@ -74,12 +75,13 @@ export class StageLoader {
       );
     }
     // Without the option an http:// source fails here, and the model's load error names the model and the option.
-    const modelPath = await resolveSource(entry.source, await this.sourceOptions(baseDir, entry.sha256, entry.maxDownloadBytes));
+    const sourcePath = await resolveSource(entry.source, await this.sourceOptions(baseDir, entry.sha256, entry.maxDownloadBytes));
     // The file's metadata (Ultralytics names its task there), read before the session and without the graph.
-    const header = request.rejectUnsupportedExports === true ? await readOnnxHeader(modelPath).catch(() => undefined) : undefined;
+    const header = request.rejectUnsupportedExports === true ? await readOnnxHeader(sourcePath).catch(() => undefined) : undefined;
     const explicit = entry.providers ?? (Array.isArray(config.providers) ? config.providers : undefined);
     const device = config.providers === 'auto' ? 'auto' : config.device;
     const plan = resolveProviders(device, explicit);
+    const modelPath = await this.maskedModelOf(handle.name, field, sourcePath, plan.providers[0], request);
     const uint8Input = entry.input === undefined ? undefined : await this.uint8InputOf(handle.name, field, entry.input, modelPath, plan.providers[0], request);
     const warmupDims = request.warmupDims ?? (entry.input !== undefined ? nominalDims(entry.input, 1) : undefined);
     const arena = await this.memoryArenaOf(entry.memoryArena, modelPath, request);
@@ -173,6 +175,25 @@ export class StageLoader {
       );
     } else {
       this.opts.logger.info({ model, vulkanDrivers: drivers, deviceNodes: report.deviceNodes }, 'WebGPU on a hardware Vulkan driver');
+    }
+  }
+
+  /**
+   * The model the stage runs: the source's, or, where the request asks for masked padding and size buckets may apply
+   * (mode `always`, or `gpu` with a GPU provider first, as for uint8 input), the model rewritten so that a bucket's
+   * padding is invisible to it (runner/region-mask.ts), cached beside the uint8 models. A model the rewrite does not
+   * cover keeps its own graph, with a warning: its readings then move a little with the padding, as before.
+   */
+  private async maskedModelOf(model: string, field: string, sourcePath: string, firstProvider: ProviderName | undefined, request: StageRequest): Promise<string> {
+    const mode = request.sizeBuckets?.mode;
+    const applies = request.maskPadding === true && (mode === 'always' || (mode === 'gpu' && firstProvider !== undefined && firstProvider !== 'cpu'));
+    if (!applies) return sourcePath;
+    try {
+      return await prepareRegionMaskModel(sourcePath, this.opts.config.cacheDir);
+    } catch (err) {
+      const reason = err instanceof MaskError || err instanceof WireError || err instanceof PrefixError ? err.message : `masked model not written: ${String(err)}`;
+      this.opts.logger.warn({ model, stage: field === '' ? 'main' : field, reason }, 'bucket padding not masked: readings may move with it');
+      return sourcePath;
     }
   }
 

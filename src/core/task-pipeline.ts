@@ -58,6 +58,11 @@ export interface StageRequest {
   /** 'pad-width': the batch tensor is at least this wide (StageOptions.minTensorWidth). */
   minTensorWidth?: number;
   /**
+   * Where its size buckets may apply, the model is rewritten so that a bucket's padding does not change what it
+   * computes for the image (runner/region-mask.ts); a model the rewrite does not cover keeps its own graph.
+   */
+  maskPadding?: boolean;
+  /**
    * Refuse an export recognised as one Ocular does not serve (instance segmentation, pose, oriented boxes:
    * model-recognise.ts, rejectUnsupportedExport), from the session's outputs and the file's metadata.
    */

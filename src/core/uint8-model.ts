@@ -6,6 +6,7 @@ import type { ProviderName } from '../config/providers.js';
 import { normalizeParamsOf, padPixelOf } from './runner/normalize.js';
 import type { Uint8Input } from './runner/options.js';
 import { addUint8Prefix, PREFIX_VERSION } from './runner/uint8-prefix.js';
+import { addRegionMask, MASK_VERSION } from './runner/region-mask.js';
 
 /**
  * The loader's part of uint8 input (runner/uint8-prefix.ts): whether a stage gets it, and the combined model's file.
@@ -45,18 +46,34 @@ export async function prepareUint8Model(modelPath: string, spec: InputSpec, cach
     .update(bytes)
     .update(JSON.stringify({ params, name: spec.name ?? null, version: PREFIX_VERSION }))
     .digest('hex');
-  const dir = join(resolve(cacheDir), 'uint8');
+  const path = await cachedModel(join(resolve(cacheDir), 'uint8'), key, built.model);
+  return { modelPath: path, original: built.original, floatSession, gpuOnly: spec.uint8Input === 'gpu' };
+}
+
+/**
+ * Builds (or finds in the cache, `<cacheDir>/mask/`, keyed as above) the detector with its padding masked out
+ * (runner/region-mask.ts); throws MaskError where the model holds an operator the mask does not cover.
+ */
+export async function prepareRegionMaskModel(modelPath: string, cacheDir: string): Promise<string> {
+  const bytes = await readFile(modelPath);
+  const built = addRegionMask(bytes);
+  const key = createHash('sha256').update(bytes).update(JSON.stringify({ version: MASK_VERSION })).digest('hex');
+  return cachedModel(join(resolve(cacheDir), 'mask'), key, built);
+}
+
+/** `<dir>/<key>.onnx`, written (to a temporary name, then renamed) only when no file of that name and size is there. */
+async function cachedModel(dir: string, key: string, model: Uint8Array): Promise<string> {
   const path = join(dir, `${key}.onnx`);
-  const present = await stat(path).then((s) => s.isFile() && s.size === built.model.length, () => false);
+  const present = await stat(path).then((s) => s.isFile() && s.size === model.length, () => false);
   if (!present) {
     await mkdir(dir, { recursive: true });
     const tmp = join(dir, `.${key}.${randomBytes(6).toString('hex')}.part`);
     try {
-      await writeFile(tmp, built.model);
+      await writeFile(tmp, model);
       await rename(tmp, path);
     } finally {
       await rm(tmp, { force: true });
     }
   }
-  return { modelPath: path, original: built.original, floatSession, gpuOnly: spec.uint8Input === 'gpu' };
+  return path;
 }

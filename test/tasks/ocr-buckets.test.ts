@@ -2,13 +2,15 @@
  * GPU-ready OCR (issue #17, item 3): the detector's sizes and the recogniser's crop widths run at size buckets, so a
  * session sees a bounded set of shapes. What is checked here, on the CPU provider with buckets forced on
  * (`shapeBuckets.mode: 'always'`) against the same model without them ('off'):
- * - the shared photos read the same text but for at most one borderline line, boxes within 2 px;
- * - over 20 rotated and resized variants of the text photos, at most 6 of about 60 lines differ (each difference
- *   printed with both readings; SHARED_LINES_MAY_DIFFER says why not the issue's 0 and 1);
+ * - the shared photos read the same text, boxes within 2 px;
+ * - over 20 rotated and resized variants of the text photos, at most 1 of about 60 lines differs (each difference
+ *   printed with both readings; SHARED_LINES_MAY_DIFFER says which);
  * - warm-up runs every bucket, and after a varied set the shapes run stay within the stage's bound (Stage.shapeBound()),
  *   also with padded batches (padBatches 'always', as on a GPU), where the bound is the bucket count.
  */
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { readdirSync } from 'node:fs';
 import t, { type Test } from 'tap';
 import sharp from 'sharp';
@@ -19,7 +21,7 @@ import { prepareImage } from '../../src/core/preprocess/image.js';
 import type { ImageBatch } from '../../src/core/runner/session-pool.js';
 import { bucketOf, everyBucket, type SizeBuckets } from '../../src/core/size-buckets.js';
 import { Stage } from '../../src/core/stage.js';
-import { prepareUint8Model } from '../../src/core/uint8-model.js';
+import { prepareRegionMaskModel, prepareUint8Model } from '../../src/core/uint8-model.js';
 import type { PipelineDeps } from '../../src/core/task-pipeline.js';
 import { noopTelemetry } from '../../src/core/telemetry.js';
 import {
@@ -110,6 +112,14 @@ interface Recorded {
   shapes: Record<'detector' | 'recognizer', string[]>;
 }
 
+/** One cache dir for the masked detector of every pipeline in this file (the model is the same). */
+let maskDir: string | undefined;
+async function maskCacheDir(): Promise<string> {
+  maskDir ??= await mkdtemp(join(tmpdir(), 'ocular-mask-'));
+  return maskDir;
+}
+t.teardown(() => (maskDir === undefined ? undefined : rm(maskDir, { recursive: true, force: true })));
+
 async function buildPipeline(t: Test, entry: OcrEntry, opts: { uint8Detector?: string } = {}): Promise<Recorded> {
   const shapes: Recorded['shapes'] = { detector: [], recognizer: [] };
   const deps: PipelineDeps = {
@@ -120,10 +130,13 @@ async function buildPipeline(t: Test, entry: OcrEntry, opts: { uint8Detector?: s
     async createStage(field, stageEntry, request) {
       const input = stageEntry.input;
       if (input === undefined) throw new Error('OCR stages take images');
+      // As the stage loader does where buckets apply: the detector's padding masked out of its model.
+      const masked = request.maskPadding === true && request.sizeBuckets?.mode === 'always';
+      const modelPath = masked ? await prepareRegionMaskModel(stageEntry.source, await maskCacheDir()) : stageEntry.source;
       const stage = await Stage.create({
         model: entry.name,
         stage: field,
-        modelPath: stageEntry.source,
+        modelPath,
         input,
         batching: stageEntry.batching,
         defaultTimeoutMs: 600_000,
@@ -139,7 +152,7 @@ async function buildPipeline(t: Test, entry: OcrEntry, opts: { uint8Detector?: s
         telemetry: noopTelemetry,
         logger: silent,
         // uint8 pixels to the detector (a cache dir given): its buckets padded with the nearest pixel to 0.
-        ...(opts.uint8Detector !== undefined && field === 'detector' && { uint8Input: await prepareUint8Model(stageEntry.source, { ...input, uint8Input: 'always' }, opts.uint8Detector, false) }),
+        ...(opts.uint8Detector !== undefined && field === 'detector' && { uint8Input: await prepareUint8Model(modelPath, { ...input, uint8Input: 'always' }, opts.uint8Detector, false) }),
       });
       t.teardown(() => stage.close());
       const seen = shapes[field as keyof Recorded['shapes']];
@@ -255,15 +268,15 @@ function compareReadings(t: Test, name: string, a: OcrLine[], b: OcrLine[], boxT
 }
 
 /**
- * Lines that may read differently with buckets. Issue #17 asks for none on the shared photos and at most one over the
- * 20 variants; measured here (every difference printed above the assertion), the detector's map moves a little near
- * the padding and PP-OCRv4's recogniser flips on borderline lines (a space in "NO PARKING", whose box moved 1 px; a
- * spurious "O" on coffee_cup.png): 1 of the shared photos' lines and 6 of the variants' 61. Over the same 34 images
- * with the detector alone bucketed, 5 sides instead of 3 (25 buckets) gave 4 differing lines instead of 6, and
- * edge-replicated padding gave more, not fewer (a script run, not kept).
+ * Lines that may read differently with buckets: issue #17's bar, none on the shared photos and at most one over the
+ * 20 variants. The detector's padding is masked out of its model (core/runner/region-mask.ts), so its map inside the
+ * image is the unbucketed one to float rounding and every box is the same. The recogniser's reading still depends on
+ * how wide its batch is padded (its attention spans the padding): measured here, one line of 61, "NOPARKING" against
+ * "NO PARKING" on a crop stretched 2.2 times (960 wide bucketed). Before the mask, 1 shared line and 6 variant lines
+ * differed, the detector's map moving by up to 0.99 inside the image.
  */
-const SHARED_LINES_MAY_DIFFER = 1;
-const VARIANT_LINES_MAY_DIFFER = 6;
+const SHARED_LINES_MAY_DIFFER = 0;
+const VARIANT_LINES_MAY_DIFFER = 1;
 
 t.test('bucketed OCR reads what unbucketed OCR reads, and runs a bounded set of shapes', SHARED, async (t) => {
   const bucketed = await buildPipeline(t, ocrEntry({ shapeBuckets: { mode: 'always' } }));
@@ -302,10 +315,10 @@ t.test('bucketed OCR reads what unbucketed OCR reads, and runs a bounded set of 
     }
     t.comment(`${differing} of ${total} lines differ over ${photos().length} shared photos`);
     t.ok(total >= 9, `the photos have lines to read (${total})`);
-    t.ok(differing <= SHARED_LINES_MAY_DIFFER, `at most ${SHARED_LINES_MAY_DIFFER} line differs (${differing})`);
+    t.ok(differing <= SHARED_LINES_MAY_DIFFER, `no line differs (${differing})`);
   });
 
-  t.test('over 20 rotated and resized variants few lines differ, each printed with both readings', async (t) => {
+  t.test('over 20 rotated and resized variants at most one line differs, each printed with both readings', async (t) => {
     let differing = 0;
     let total = 0;
     for (const v of VARIANTS) {
@@ -317,7 +330,7 @@ t.test('bucketed OCR reads what unbucketed OCR reads, and runs a bounded set of 
     }
     t.comment(`${differing} of ${total} lines differ over ${VARIANTS.length} variants`);
     t.ok(total > 40, `the variants have lines to read (${total})`);
-    t.ok(differing <= VARIANT_LINES_MAY_DIFFER, `at most ${VARIANT_LINES_MAY_DIFFER} lines differ (${differing})`);
+    t.ok(differing <= VARIANT_LINES_MAY_DIFFER, `at most ${VARIANT_LINES_MAY_DIFFER} line differs (${differing})`);
   });
 
   t.test('after the varied set the shapes stay within each stage bound, all of bucket sizes', async (t) => {

@@ -26,6 +26,7 @@ import { FEEDABLE_TYPES, zerosOf, type FeedData, type FeedTensor } from './feeds
 import { ShapeSet } from './shape-set.js';
 import { withDeviceLock } from './device-lock.js';
 import { PIXELS_INPUT, pixelDimsOf } from './uint8-prefix.js';
+import { REGION_INPUT, regionData } from './region-mask.js';
 import { ImageFeedBuilder, imageFeedPlanOf, withBatchDim, type ImageFeedPlan } from './image-feed.js';
 import type { FromWorker, SlotItem, ToWorker, WorkerInit } from './worker-protocol.js';
 
@@ -121,8 +122,10 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
     if (!session.inputNames.includes(sessionInput)) {
       throw new Error(`model has no input named '${inputName}' (inputs: ${session.inputNames.join(', ')})`);
     }
-    // What the pool reports is the model's own interface: the prefix's input shows as the original one.
-    const sessionInputs = session.inputMetadata.map(tensorMetaOf);
+    // What the pool reports is the model's own interface: the prefix's input shows as the original one, and a masked
+    // model's region (region-mask.ts) is the worker's own business.
+    const allInputs = session.inputMetadata.map(tensorMetaOf);
+    const sessionInputs = allInputs.filter((i) => i.name !== REGION_INPUT);
     const original = uint8?.original;
     if (uint8 === undefined && init.normalize !== undefined) {
       const imageInput = sessionInputs.find((i) => i.name === inputName);
@@ -149,6 +152,11 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
         const feeds = uint8 === undefined || init.normalize === undefined
           ? profileFeeds({ ...init, ...(dims !== undefined && { warmupDims: batchless ? dims.slice(1) : dims }) }, inputName, sessionInputs)
           : profileFeeds({ ...init, ...(dims !== undefined && { warmupDims: pixelDimsOf(dims, init.normalize.layout) }) }, PIXELS_INPUT, sessionInputs);
+        // A masked model's region (region-mask.ts): the whole tensor, as an unpadded batch.
+        if (session.inputNames.includes(REGION_INPUT) && dims !== undefined && init.normalize !== undefined) {
+          const [n, h, w] = init.normalize.layout === 'NCHW' ? [dims[0], dims[2], dims[3]] : [dims[0], dims[1], dims[2]];
+          feeds[REGION_INPUT] = new ort.Tensor('float32', regionData([], n ?? 1, h ?? 0, w ?? 0), [n ?? 1, 2]);
+        }
         nodeCounts = await guarded(() => profileNodeCounts(session, feeds, profileDir));
       } catch (err) {
         profileError = messageOf(err);
@@ -187,6 +195,7 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
   // and raw tensors on `floatSession`, each with its own shapes (and, on a GPU, its own plans); the larger count is
   // the one a stage's bound holds.
   const shapes = new ShapeSet();
+  const masked = session.inputNames.includes(REGION_INPUT);
   const floatShapes = new ShapeSet();
   const shapeCount = (): number => Math.max(shapes.size, floatShapes.size);
 
@@ -217,8 +226,10 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
       const built = builder.build(items, rows, h, w, msg.padValue);
       feed = new ort.Tensor(built.type, built.data, built.dims);
     }
-    const feeds = { [uint8 !== undefined ? PIXELS_INPUT : inputName]: feed };
+    const feeds: Record<string, Tensor> = { [uint8 !== undefined ? PIXELS_INPUT : inputName]: feed };
     shapes.record(feeds);
+    // A masked model (region-mask.ts) is told where each image lies in its row; padding rows get the whole tensor.
+    if (masked) feeds[REGION_INPUT] = new ort.Tensor('float32', regionData(msg.items, rows, h, w), [rows, 2]);
     const results = await guarded(() => session.run(feeds));
     if (batchless) return addBatchDim(results);
     return rows === n ? results : firstRows(results, n, rows);

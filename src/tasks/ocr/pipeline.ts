@@ -22,7 +22,9 @@ import { dbPostprocess, topLeftRegion, type Quad } from './db-postprocess.js';
  *
  * Size buckets (manifest `shapeBuckets`, buckets.ts; on a GPU provider by default): the detector's batch runs at the
  * smallest bucket that holds its images' limit-round32 sizes, each image at the top-left and only its own part of the
- * probability map searched for boxes; the recogniser's batch runs at the smallest bucket width that holds its widest
+ * probability map searched for boxes, and the detector's model is rewritten so that the padding does not move its
+ * map (core/runner/region-mask.ts: its squeeze-and-excitation averages would otherwise span the padding); the
+ * recogniser's batch runs at the smallest bucket width that holds its widest
  * crop. Each stage then runs at most its bucket count of sizes (Stage.shapeBound: times its batch sizes, or once
  * each where batches are padded too).
  */
@@ -65,7 +67,7 @@ export async function createOcrPipeline(entry: OcrEntry, deps: PipelineDeps): Pr
   const [detCreated, recCreated] = await Promise.allSettled([
     deps.createStage('detector', det, {
       shapePolicy: 'same-size',
-      ...(detBuckets !== undefined && { sizeBuckets: { mode, ...detBuckets } }),
+      ...(detBuckets !== undefined && { sizeBuckets: { mode, ...detBuckets }, maskPadding: true }),
       ...profiled(det.input, detBuckets, det.input.width, det.batching.maxBatchSize),
     }),
     deps.createStage('recognizer', rec, {
