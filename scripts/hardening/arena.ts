@@ -15,7 +15,7 @@
 import * as ort from 'onnxruntime-node';
 import { parseArgs } from 'node:util';
 import { modelPath } from '../../test/helpers/shared.js';
-import { spread } from '../lib/stats.js';
+import { abRuns } from '../lib/ab-runs.js';
 
 const mib = (b: number) => Math.round(b / 1048576);
 
@@ -54,22 +54,7 @@ async function bench(runs: number, threads: number): Promise<void> {
     const x = new Float32Array(dims.reduce((a, b) => a * b, 1));
     for (let i = 0; i < x.length; i++) x[i] = Math.sin(i) * 0.5;
     const feeds = { [name]: new ort.Tensor('float32', x, dims) };
-    const times: Record<'on' | 'off', number[]> = { on: [], off: [] };
-    const once = async (k: 'on' | 'off') => {
-      const t0 = performance.now();
-      await sessions[k].run(feeds);
-      times[k].push(performance.now() - t0);
-    };
-    await once('on');
-    await once('off');
-    times.on.length = 0;
-    times.off.length = 0;
-    for (let r = 0; r < runs; r++) {
-      const order: ('on' | 'off')[] = r % 2 === 0 ? ['on', 'off'] : ['off', 'on'];
-      for (const k of order) await once(k);
-    }
-    const on = spread(times.on).median;
-    const off = spread(times.off).median;
+    const { a: on, b: off } = await abRuns(sessions.on, sessions.off, () => feeds, runs);
     console.log(`| ${model} | [${dims.join(',')}] | ${on.toFixed(2)} | ${off.toFixed(2)} | ${(off / on).toFixed(3)} |`);
     await sessions.on.release();
     await sessions.off.release();
