@@ -119,10 +119,13 @@ export function manifestFor(
   return { models: [mergePatch(rebase(entry, '') as Record<string, unknown>, config.patch)] };
 }
 
-/** The server's environment for a configuration (besides PORT, HOST, the manifest and the log level). */
+/**
+ * The server's environment for a configuration (besides PORT, HOST, the manifest and the log level): the device as
+ * a user names it, so that a device the server cannot use fails its start, and the run says so, rather than
+ * falling back to the CPU and reporting the CPU's figures under the device's name.
+ */
 export function deviceEnv(config: CheckConfig): Record<string, string> {
-  const device = config.device === 'webgpu' ? { OCULAR_PROVIDERS: 'webgpu,cpu' } : { OCULAR_DEVICE: config.device };
-  return { ...device, OCULAR_PREPROCESS_PROCESSES: config.preprocess };
+  return { OCULAR_DEVICE: config.device, OCULAR_PREPROCESS_PROCESSES: config.preprocess };
 }
 
 /**

@@ -68,7 +68,7 @@ t.test('the patch merges into the entry (objects key by key) and the manifests v
   t.equal(entry.batching.maxQueueSize, (fixture.models.find((m) => m['name'] === 'yolox-nano')?.['batching'] as { maxQueueSize: number }).maxQueueSize, 'the rest of the batching kept');
   t.doesNotThrow(() => parseManifest(manifest), 'a manifest the server takes');
   t.same(deviceEnv(config), { OCULAR_DEVICE: 'cuda', OCULAR_PREPROCESS_PROCESSES: 'off' });
-  t.same(deviceEnv({ ...config, device: 'webgpu' }), { OCULAR_PROVIDERS: 'webgpu,cpu', OCULAR_PREPROCESS_PROCESSES: 'off' });
+  t.same(deviceEnv({ ...config, device: 'webgpu' }), { OCULAR_DEVICE: 'webgpu', OCULAR_PREPROCESS_PROCESSES: 'off' }, 'webgpu as users start it: no silent CPU fallback');
   t.throws(() => manifestFor({ ...config, model: 'nope' }, fixture, (p) => p), /no model 'nope'/);
 });
 
