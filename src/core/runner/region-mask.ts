@@ -9,12 +9,14 @@ import {
   FLOAT,
   GRAPH,
   initializer,
+  INT64,
   int64Bytes,
   floatBytes,
   MODEL,
   NODE,
   payload,
   SHAPE,
+  TENSOR,
   TENSOR_TYPE,
   TYPE,
   VALUE_INFO,
@@ -117,7 +119,7 @@ export function addRegionMask(modelBytes: Uint8Array): Uint8Array {
   const graphFields = all(model, MODEL.graph);
   if (graphFields.length !== 1) throw new MaskError(`the model has ${graphFields.length} graph fields, not 1`);
   const graph = readFields(payload(graphFields[0], 'graph'));
-  const initializerNames = new Set(all(graph, GRAPH.initializer).map((f) => stringOf(first(readFields(payload(f, 'initializer')), 8))));
+  const initializerNames = new Set(all(graph, GRAPH.initializer).map((f) => stringOf(first(readFields(payload(f, 'initializer')), TENSOR.name))));
   const image = all(graph, GRAPH.input)
     .map((f) => stringOf(first(readFields(payload(f, 'graph input')), VALUE_INFO.name)) ?? '')
     .find((n) => !initializerNames.has(n));
@@ -162,7 +164,7 @@ export function addRegionMask(modelBytes: Uint8Array): Uint8Array {
   for (const f of all(graph, GRAPH.node)) {
     const fields = readFields(payload(f, 'node'));
     const op = stringOf(first(fields, NODE.opType)) ?? '';
-    const domain = stringOf(first(fields, 7)) ?? '';
+    const domain = stringOf(first(fields, NODE.domain)) ?? '';
     const name = stringOf(first(fields, NODE.name)) ?? op;
     const attrs = attributesOf(fields);
     const inputs = all(fields, NODE.input).map((i) => stringOf(i) ?? '');
@@ -271,7 +273,7 @@ class GraphBuilder {
 
   ints(values: number[]): string {
     const name = this.fresh('ints');
-    this.constants.push(initializer(name, 7, [values.length], int64Bytes(values)));
+    this.constants.push(initializer(name, INT64, [values.length], int64Bytes(values)));
     return name;
   }
 
@@ -284,7 +286,7 @@ class GraphBuilder {
   /** Dimension `axis` of a Shape output, as a float scalar. */
   dim(shape: string, axis: number): string {
     const index = this.fresh('index');
-    this.constants.push(initializer(index, 7, [], int64Bytes([axis])));
+    this.constants.push(initializer(index, INT64, [], int64Bytes([axis])));
     return this.op('Cast', [this.op('Gather', [shape, index], [attributeInt('axis', 0)])], [attributeInt('to', FLOAT)]);
   }
 

@@ -52,7 +52,7 @@ export interface Uint8Model {
 // TypeProto.Tensor, TensorShapeProto, TensorProto, OperatorSetIdProto.
 export const MODEL = { irVersion: 1, graph: 7, opsetImport: 8 } as const;
 export const GRAPH = { node: 1, initializer: 5, input: 11 } as const;
-export const NODE = { input: 1, output: 2, name: 3, opType: 4, attribute: 5 } as const;
+export const NODE = { input: 1, output: 2, name: 3, opType: 4, attribute: 5, domain: 7 } as const;
 export const ATTRIBUTE = { name: 1, i: 3, ints: 8, type: 20 } as const;
 export const ATTRIBUTE_INT = 2;
 export const ATTRIBUTE_INTS = 7;

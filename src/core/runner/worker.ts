@@ -124,8 +124,7 @@ async function main(port: NonNullable<typeof parentPort>, init: WorkerInit): Pro
     }
     // What the pool reports is the model's own interface: the prefix's input shows as the original one, and a masked
     // model's region (region-mask.ts) is the worker's own business.
-    const allInputs = session.inputMetadata.map(tensorMetaOf);
-    const sessionInputs = allInputs.filter((i) => i.name !== REGION_INPUT);
+    const sessionInputs = session.inputMetadata.map(tensorMetaOf).filter((i) => i.name !== REGION_INPUT);
     const original = uint8?.original;
     if (uint8 === undefined && init.normalize !== undefined) {
       const imageInput = sessionInputs.find((i) => i.name === inputName);
