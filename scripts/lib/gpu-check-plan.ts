@@ -11,7 +11,7 @@
  * - base: the manifest the model entry comes from: `default` (models.manifest.json, the OCR model as shipped) or
  *   `shared` (test/fixtures/shared.manifest.json, paths rebased onto SHARED)
  * - model: the entry's name in it
- * - device: cpu, cuda or auto (OCULAR_DEVICE), or webgpu (OCULAR_PROVIDERS=webgpu,cpu)
+ * - device: cpu, cuda, webgpu or auto (OCULAR_DEVICE, as users start the server)
  * - connections: closed-loop connections, comma-separated (one load run each, on the same server)
  * - preprocess: OCULAR_PREPROCESS_PROCESSES (auto, off or a count)
  * - requires: `-`, or `vulkan-gpu`: run only where vulkaninfo lists a GPU that is not a software one
