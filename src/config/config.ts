@@ -140,7 +140,7 @@ const OPTIONS = {
     group: 'limits',
     env: 'OCULAR_DECODE_TIMEOUT_MS',
     flag: 'decode-timeout-ms',
-    help: "most time one image's decode and resize may take (422 beyond; sharp's timeout, in whole seconds, in the server; a preprocessing process over it by 1 s is killed and replaced)",
+    help: "most time one image's decode and resize may take (422 beyond; in the server, sharp's timeout, in whole seconds and checked as pixels come out, and a decode that ends past the limit anyway is refused too; a preprocessing process over it by 1 s is killed and replaced)",
     schema: positiveInt().default(10_000),
   },
   imageFormats: {
