@@ -12,6 +12,7 @@ import { halfToNumber, numberToHalf } from '../../../src/core/tensor-codec.js';
 import { fromHalves, imageFeedPlanOf, toHalves } from '../../../src/core/runner/image-feed.js';
 import { arrangePixelsInto, type NormalizeParams } from '../../../src/core/runner/normalize.js';
 import { createSessionPool, type SessionPool } from '../../../src/core/runner/session-pool.js';
+import { cpuPoolOptions } from '../../helpers/pool-options.js';
 import type { PreparedPixels } from '../../../src/core/types.js';
 import { encodeModel } from '../../v2/helpers.js';
 
@@ -73,17 +74,7 @@ function expected(type: InputType, params: NormalizeParams, images: PreparedPixe
 }
 
 async function openPool(t: Test, modelPath: string, normalize: NormalizeParams): Promise<SessionPool> {
-  const pool = await createSessionPool({
-    modelName: 'echo',
-    modelPath,
-    providers: ['cpu'],
-    fallbackToCpu: false,
-    gpuDeviceId: 0,
-    instances: 1,
-    intraOpNumThreads: 1,
-    interOpNumThreads: 1,
-    normalize,
-  });
+  const pool = await createSessionPool(cpuPoolOptions('echo', modelPath, { normalize }));
   t.teardown(() => pool.close());
   return pool;
 }

@@ -16,6 +16,7 @@ import { WireError } from '../../../src/core/onnx-wire.js';
 import { createSessionPool } from '../../../src/core/runner/session-pool.js';
 import { decideMemoryArena } from '../../../src/core/stage-loader.js';
 import type { TensorMeta } from '../../../src/core/types.js';
+import { cpuPoolOptions } from '../../helpers/pool-options.js';
 import { modelPath, sharedTestOptions } from '../../helpers/shared.js';
 import { encodeExport, EXPORTS } from '../../helpers/export-shapes.js';
 
@@ -71,18 +72,7 @@ const gc = runInNewContext('gc') as () => void;
 
 /** Process RSS growth over two runs of the recogniser at [1, 3, 48, width], after a small warm run, 0.3 s after. */
 async function rssGrowth(cpuMemArena: boolean, width: number): Promise<{ mib: number; out: number[] }> {
-  const pool = await createSessionPool({
-    modelName: `rec-arena-${cpuMemArena ? 'on' : 'off'}`,
-    modelPath: modelPath('ppocrv4-rec'),
-    providers: ['cpu'],
-    fallbackToCpu: false,
-    gpuDeviceId: 0,
-    instances: 1,
-    intraOpNumThreads: 1,
-    interOpNumThreads: 1,
-    warmupDims: [1, 3, 48, 320],
-    cpuMemArena,
-  });
+  const pool = await createSessionPool(cpuPoolOptions(`rec-arena-${cpuMemArena ? 'on' : 'off'}`, modelPath('ppocrv4-rec'), { warmupDims: [1, 3, 48, 320], cpuMemArena }));
   try {
     const feed = (w: number) => {
       const data = new Float32Array(3 * 48 * w);

@@ -12,6 +12,7 @@ import { type NormalizeParams, normalizeParamsOf } from '../../../src/core/runne
 import { mobilenetV2Spec, yoloxNanoSpec } from '../../fixtures/input-specs.js';
 import type { PreparedPixels } from '../../../src/core/types.js';
 import { OcularError } from '../../../src/errors.js';
+import { cpuPoolOptions } from '../../helpers/pool-options.js';
 import { maxAbsDiff, modelPath, readTensorProto, sharedPath, sharedTestOptions } from '../../helpers/shared.js';
 import { encodeModel, FLOAT } from '../../v2/helpers.js';
 
@@ -39,18 +40,7 @@ function captureLogger(): { logger: NonNullable<SessionPoolOptions['logger']>; l
 }
 
 function mobilenetOptions(overrides: Partial<SessionPoolOptions> = {}): SessionPoolOptions {
-  return {
-    modelName: 'mobilenet',
-    modelPath: modelPath('mobilenetv2-12-int8'),
-    providers: ['cpu'],
-    fallbackToCpu: false,
-    gpuDeviceId: 0,
-    instances: 1,
-    intraOpNumThreads: 1,
-    interOpNumThreads: 1,
-    normalize: IMAGENET,
-    ...overrides,
-  };
+  return cpuPoolOptions('mobilenet', modelPath('mobilenetv2-12-int8'), { normalize: IMAGENET, ...overrides });
 }
 
 /** Deterministic pseudo-random RGB pixels (xorshift), so runs are reproducible. */
